@@ -1,0 +1,237 @@
+//! Storage: narrow traits per consumer, and the redb implementation.
+//!
+//! Each service depends only on the trait it needs ([`QueueStore`] for the command queue,
+//! [`EnrollmentStore`] for check-in records, and so on), so a backend can be swapped without the
+//! services noticing. [`Store`] bundles them for backends that implement all of them; every backend
+//! must pass [`conformance`].
+
+pub mod conformance;
+pub mod model;
+pub mod redb;
+
+use async_trait::async_trait;
+
+pub use model::*;
+
+use crate::wire::checkin::{Authenticate, TokenUpdate};
+use crate::wire::command::Command;
+use crate::wire::enrollment_id::{Channel, EnrollmentId};
+
+/// Errors from any storage operation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, corruption, a closed database). Usually transient for callers.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+    /// A stored record could not be decoded.
+    #[error("stored record {what} is corrupt: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// Decoder message.
+        detail: String,
+    },
+    /// A command with this UUID already exists.
+    #[error("a command with UUID {0} already exists")]
+    DuplicateCommand(String),
+    /// The enrollment does not exist.
+    #[error("unknown enrollment {0}")]
+    UnknownEnrollment(EnrollmentId),
+    /// The enrollment's queue is at its configured bound.
+    #[error("queue of {id} is full ({limit} pending commands)")]
+    QueueFull {
+        /// The enrollment.
+        id: EnrollmentId,
+        /// The bound.
+        limit: usize,
+    },
+    /// The database was written by a newer Pomona.
+    #[error("database schema version {found} is newer than this Pomona supports ({supported})")]
+    SchemaTooNew {
+        /// Version found in the database.
+        found: u64,
+        /// Highest version this build knows.
+        supported: u64,
+    },
+}
+
+/// Result alias for storage operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Check-in records: enrollments and their device → user-channel index.
+#[async_trait]
+pub trait EnrollmentStore: Send + Sync {
+    /// Record an `Authenticate` for a device channel: create or refresh it, disabled, tally reset.
+    async fn store_authenticate(
+        &self,
+        channel: &Channel,
+        message: &Authenticate,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+
+    /// Record a `TokenUpdate`: store push info, enable the channel (creating user channels on their
+    /// first one), bump and return the tally. `unlock_token_sealed` replaces the stored one only when
+    /// present.
+    async fn store_token_update(
+        &self,
+        channel: &Channel,
+        message: &TokenUpdate,
+        unlock_token_sealed: Option<Vec<u8>>,
+        user_names: (Option<String>, Option<String>),
+        now: Timestamp,
+    ) -> StoreResult<u64>;
+
+    /// Disable a channel and, for a device channel, all its user channels. Returns the IDs disabled.
+    async fn disable(&self, id: &EnrollmentId, now: Timestamp) -> StoreResult<Vec<EnrollmentId>>;
+
+    /// One enrollment.
+    async fn enrollment(&self, id: &EnrollmentId) -> StoreResult<Option<Enrollment>>;
+
+    /// A page of enrollments, ordered by ID.
+    async fn list_enrollments(&self, query: &EnrollmentQuery) -> StoreResult<Vec<Enrollment>>;
+
+    /// The user channels of a device channel.
+    async fn user_channels(&self, device: &EnrollmentId) -> StoreResult<Vec<EnrollmentId>>;
+
+    /// Record last-seen times (batched by the caller; unknown IDs are ignored).
+    async fn touch(&self, seen: Vec<(EnrollmentId, Timestamp)>) -> StoreResult<()>;
+}
+
+/// Push credentials, for the push service.
+#[async_trait]
+pub trait PushStore: Send + Sync {
+    /// Push info of each ID (None for unknown IDs, disabled channels or no `TokenUpdate` yet).
+    async fn push_targets(
+        &self,
+        ids: &[EnrollmentId],
+    ) -> StoreResult<Vec<(EnrollmentId, Option<PushInfo>)>>;
+
+    /// Mark an enrollment's push token invalid (APNs said so).
+    async fn invalidate_push(&self, id: &EnrollmentId) -> StoreResult<()>;
+}
+
+/// Certificate pinning: which device identity belongs to which enrollment.
+#[async_trait]
+pub trait IdentityStore: Send + Sync {
+    /// The enrollment that has ever been associated with this certificate.
+    async fn cert_owner(&self, hash: &CertHash) -> StoreResult<Option<EnrollmentId>>;
+
+    /// The certificate currently pinned to an enrollment.
+    async fn pinned_cert(&self, id: &EnrollmentId) -> StoreResult<Option<CertHash>>;
+
+    /// Pin a certificate to an enrollment (replacing its current pin; old hashes stay owned by it
+    /// so no other enrollment can reuse them).
+    async fn pin_cert(&self, id: &EnrollmentId, hash: &CertHash) -> StoreResult<()>;
+
+    /// Record that certificate `new` renews certificate `old` (from a SCEP RenewalReq).
+    async fn link_renewal(&self, old: &CertHash, new: &CertHash) -> StoreResult<()>;
+
+    /// The certificate `hash` was issued as a renewal of, if any.
+    async fn renewed_from(&self, new: &CertHash) -> StoreResult<Option<CertHash>>;
+}
+
+/// The command queue and command results.
+#[async_trait]
+pub trait QueueStore: Send + Sync {
+    /// Store one command for many targets (all exist, or nothing is stored).
+    async fn enqueue(
+        &self,
+        command: &Command,
+        targets: &[EnrollmentId],
+        max_queue_len: usize,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+
+    /// The next command for an enrollment.
+    async fn next_command(
+        &self,
+        id: &EnrollmentId,
+        mode: NextCommand,
+    ) -> StoreResult<Option<QueuedCommand>>;
+
+    /// Record a non-`Idle` report. A report for a command not queued for `id` changes nothing.
+    async fn record_report(
+        &self,
+        id: &EnrollmentId,
+        report: &ReportRecord,
+        now: Timestamp,
+    ) -> StoreResult<ReportOutcome>;
+
+    /// Cancel every queued command of these enrollments. Returns how many were removed.
+    async fn clear_queue(&self, ids: &[EnrollmentId], now: Timestamp) -> StoreResult<u64>;
+
+    /// An enrollment's queue in delivery order.
+    async fn queue(&self, id: &EnrollmentId) -> StoreResult<Vec<QueuedCommand>>;
+
+    /// Cancel one queued command for one enrollment. Returns whether it was queued.
+    async fn cancel(&self, id: &EnrollmentId, uuid: &str, now: Timestamp) -> StoreResult<bool>;
+
+    /// A command with every target's progress and results.
+    async fn command(&self, uuid: &str) -> StoreResult<Option<CommandRecord>>;
+
+    /// Delete commands (and their results) that finished before `before`; at most `limit`.
+    /// Returns how many were deleted.
+    async fn collect_garbage(&self, before: Timestamp, limit: usize) -> StoreResult<u64>;
+}
+
+/// Bootstrap tokens (sealed by the caller).
+#[async_trait]
+pub trait BootstrapStore: Send + Sync {
+    /// Store or clear a device's sealed bootstrap token.
+    async fn store_bootstrap_token(
+        &self,
+        id: &EnrollmentId,
+        sealed: Option<Vec<u8>>,
+    ) -> StoreResult<()>;
+
+    /// A device's sealed bootstrap token.
+    async fn bootstrap_token(&self, id: &EnrollmentId) -> StoreResult<Option<Vec<u8>>>;
+}
+
+/// The durable event outbox.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Append events; returns them with their sequence numbers.
+    async fn append_events(&self, events: Vec<NewEvent>, now: Timestamp) -> StoreResult<Vec<Event>>;
+
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    async fn events_after(&self, after: u64, limit: usize) -> StoreResult<Vec<Event>>;
+
+    /// Delete events older than `before`. Returns how many were deleted.
+    async fn prune_events(&self, before: Timestamp) -> StoreResult<u64>;
+}
+
+/// Named engine secrets (CA key, push key …), sealed by the caller.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// A stored secret.
+    async fn secret(&self, name: &str) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Store (replace) a secret.
+    async fn put_secret(&self, name: &str, sealed: Vec<u8>) -> StoreResult<()>;
+}
+
+/// A backend that implements every store trait.
+pub trait Store:
+    EnrollmentStore
+    + PushStore
+    + IdentityStore
+    + QueueStore
+    + BootstrapStore
+    + EventStore
+    + SecretStore
+    + 'static
+{
+}
+
+impl<T> Store for T where
+    T: EnrollmentStore
+        + PushStore
+        + IdentityStore
+        + QueueStore
+        + BootstrapStore
+        + EventStore
+        + SecretStore
+        + 'static
+{
+}

@@ -1,0 +1,269 @@
+//! The redb backend: one file, ACID, crash-safe; group commit for throughput.
+//!
+//! Reads run inline on the caller's thread in their own MVCC snapshot. Writes are closures sent
+//! to a single writer thread that runs as many as are waiting in one transaction and commits
+//! them together (group commit), so one fsync covers a whole burst of check-ins. Each write
+//! closure is atomic on its own: if one fails, the batch is aborted and re-run without it.
+
+mod enrollments;
+mod identity;
+mod misc;
+mod queue;
+mod tables;
+
+use std::any::Any;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use ::redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+};
+use tokio::sync::oneshot;
+
+use super::{StoreError, StoreResult};
+
+/// The schema version this build writes. Bump it with a migration in [`migrate`].
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Most write closures committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+type AnyBox = Box<dyn Any + Send>;
+type WriteOp = Box<dyn Fn(&WriteTransaction) -> StoreResult<AnyBox> + Send>;
+
+struct Job {
+    op: WriteOp,
+    reply: oneshot::Sender<StoreResult<AnyBox>>,
+}
+
+/// A Pomona store in a redb database.
+#[derive(Clone)]
+pub struct RedbStore {
+    db: Arc<Database>,
+    writer: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Open (or create) the database file at `path`, migrating it to [`SCHEMA_VERSION`].
+    pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        let db = Database::create(path.as_ref()).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot open database {}: {e}",
+                path.as_ref().display()
+            ))
+        })?;
+        Self::start(db, Durability::Immediate)
+    }
+
+    /// A fresh database held in memory (for tests and ephemeral embedders).
+    pub fn in_memory() -> StoreResult<Self> {
+        let db = Database::builder()
+            .create_with_backend(::redb::backends::InMemoryBackend::new())
+            .map_err(backend)?;
+        Self::start(db, Durability::Immediate)
+    }
+
+    fn start(db: Database, durability: Durability) -> StoreResult<Self> {
+        let db = Arc::new(db);
+        migrate(&db)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("pomona-redb-writer".into())
+            .spawn(move || run_writer(&writer_db, &rx, durability))
+            .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
+        Ok(Self { db, writer: tx })
+    }
+
+    /// Run `f` in a read snapshot on the calling thread.
+    fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> StoreResult<T>) -> StoreResult<T> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        f(&txn)
+    }
+
+    /// Run `f` in the writer's next batch; resolves after the batch is durably committed.
+    ///
+    /// `f` may run more than once (if another closure in its batch fails), so it must only
+    /// depend on its captures and the transaction.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl Fn(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (reply, rx) = oneshot::channel();
+        let op: WriteOp = Box::new(move |txn| f(txn).map(|v| Box::new(v) as AnyBox));
+        self.writer
+            .send(Job { op, reply })
+            .map_err(|_| StoreError::Backend("database writer has stopped".into()))?;
+        let value = rx
+            .await
+            .map_err(|_| StoreError::Backend("database writer dropped a request".into()))??;
+        Ok(*value
+            .downcast::<T>()
+            .expect("writer returns the closure's own type"))
+    }
+}
+
+fn run_writer(db: &Database, jobs: &mpsc::Receiver<Job>, durability: Durability) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(db, batch, durability);
+    }
+}
+
+fn commit_batch(db: &Database, mut batch: Vec<Job>, durability: Durability) {
+    while !batch.is_empty() {
+        let mut txn = match db.begin_write() {
+            Ok(t) => t,
+            Err(e) => return fail_all(batch, &backend(e)),
+        };
+        if let Err(e) = txn.set_durability(durability) {
+            return fail_all(batch, &backend(e));
+        }
+        let mut values = Vec::with_capacity(batch.len());
+        let mut failed = Vec::new();
+        for (i, job) in batch.iter().enumerate() {
+            match (job.op)(&txn) {
+                Ok(v) => values.push(v),
+                Err(e) => failed.push((i, e)),
+            }
+        }
+        if failed.is_empty() {
+            match txn.commit() {
+                Ok(()) => {
+                    for (job, v) in batch.into_iter().zip(values) {
+                        let _ = job.reply.send(Ok(v));
+                    }
+                }
+                Err(e) => fail_all(batch, &backend(e)),
+            }
+            return;
+        }
+        // Abort, answer the failed closures, and re-run the rest in a fresh transaction.
+        drop(txn);
+        for (i, e) in failed.into_iter().rev() {
+            let job = batch.remove(i);
+            let _ = job.reply.send(Err(e));
+        }
+    }
+}
+
+fn fail_all(batch: Vec<Job>, e: &StoreError) {
+    for job in batch {
+        let _ = job.reply.send(Err(e.clone()));
+    }
+}
+
+/// Map any redb error to [`StoreError::Backend`].
+pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Create tables and bring the schema up to [`SCHEMA_VERSION`].
+fn migrate(db: &Database) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        let mut meta = txn.open_table(tables::META).map_err(backend)?;
+        let found = meta
+            .get("schema_version")
+            .map_err(backend)?
+            .map(|v| v.value());
+        match found {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::SchemaTooNew {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            // Future versions add `Some(1) => migrate_1_to_2(&txn)?` steps here, in order.
+            _ => {
+                tables::create_all(&txn)?;
+                meta.insert("schema_version", SCHEMA_VERSION)
+                    .map_err(backend)?;
+            }
+        }
+    }
+    txn.commit().map_err(backend)
+}
+
+/// Decode a JSON record, naming it in the error.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// Encode a JSON record.
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passes_the_conformance_suite() {
+        let store = RedbStore::in_memory().unwrap();
+        crate::store::conformance::run_all(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn data_survives_reopen_and_refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            crate::store::SecretStore::put_secret(&store, "k", b"v".to_vec())
+                .await
+                .unwrap();
+        }
+        // The writer thread holds a clone of the database; give it a moment to exit.
+        let store = loop {
+            match RedbStore::open(&path) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        assert_eq!(
+            crate::store::SecretStore::secret(&store, "k").await.unwrap(),
+            Some(b"v".to_vec())
+        );
+        drop(store);
+        let db = loop {
+            match Database::create(&path) {
+                Ok(db) => break db,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        let txn = db.begin_write().unwrap();
+        txn.open_table(tables::META)
+            .unwrap()
+            .insert("schema_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let err = loop {
+            match RedbStore::open(&path) {
+                Err(StoreError::SchemaTooNew { found, .. }) => break found,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Ok(_) => panic!("opened a database from the future"),
+            }
+        };
+        assert_eq!(err, SCHEMA_VERSION + 1);
+    }
+}

@@ -1,0 +1,75 @@
+//! Table definitions, designed around access paths.
+
+use ::redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use super::backend;
+use crate::store::StoreResult;
+
+/// `schema_version`, `queue_seq`, `event_seq`.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Enrollment ID → JSON [`crate::store::Enrollment`].
+pub const ENROLLMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrollments");
+/// (device ID, user channel ID) → ().
+pub const USER_CHANNELS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_channels");
+/// Certificate hash → enrollment ID that owns it.
+pub const CERT_OWNER: TableDefinition<&[u8], &str> = TableDefinition::new("cert_owner");
+/// Enrollment ID → currently pinned certificate hash.
+pub const CERT_PIN: TableDefinition<&str, &[u8]> = TableDefinition::new("cert_pin");
+/// New certificate hash → the hash it renews.
+pub const CERT_RENEWAL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cert_renewal");
+/// Command UUID → JSON command metadata.
+pub const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
+/// Command UUID → exact plist bytes.
+pub const COMMAND_RAW: TableDefinition<&str, &[u8]> = TableDefinition::new("command_raw");
+/// (command UUID, enrollment ID) → JSON target progress.
+pub const TARGETS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("targets");
+/// (command UUID, enrollment ID) → raw terminal report.
+pub const RESULTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("results");
+/// (enrollment ID, sequence) → command UUID: each enrollment's FIFO.
+pub const QUEUE: TableDefinition<(&str, u64), &str> = TableDefinition::new("queue");
+/// (enrollment ID, command UUID) → sequence: find a queue entry by UUID.
+pub const QUEUE_INDEX: TableDefinition<(&str, &str), u64> = TableDefinition::new("queue_index");
+/// (enrollment ID, command UUID) → (): answered `NotNow` since the last `Idle`.
+pub const NOT_NOW: TableDefinition<(&str, &str), ()> = TableDefinition::new("not_now");
+/// (finish time in unix ms, command UUID) → (): garbage-collection index.
+pub const FINISHED: TableDefinition<(i64, &str), ()> = TableDefinition::new("finished");
+/// Enrollment ID → sealed bootstrap token.
+pub const BOOTSTRAP: TableDefinition<&str, &[u8]> = TableDefinition::new("bootstrap_tokens");
+/// Sequence → JSON [`crate::store::Event`].
+pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Secret name → sealed bytes.
+pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+
+/// Create every table so read transactions never meet a missing one.
+pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
+    macro_rules! create {
+        ($($t:expr),*) => { $( txn.open_table($t).map_err(backend)?; )* };
+    }
+    create!(
+        ENROLLMENTS,
+        USER_CHANNELS,
+        CERT_OWNER,
+        CERT_PIN,
+        CERT_RENEWAL,
+        COMMANDS,
+        COMMAND_RAW,
+        TARGETS,
+        RESULTS,
+        QUEUE,
+        QUEUE_INDEX,
+        NOT_NOW,
+        FINISHED,
+        BOOTSTRAP,
+        EVENTS,
+        SECRETS
+    );
+    Ok(())
+}
+
+/// Take the next value of a counter in [`META`].
+pub fn next_seq(txn: &WriteTransaction, name: &str) -> StoreResult<u64> {
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    let next = meta.get(name).map_err(backend)?.map_or(0, |v| v.value()) + 1;
+    meta.insert(name, next).map_err(backend)?;
+    Ok(next)
+}

@@ -1,0 +1,13 @@
+//! Apple wire formats: pure functions, no I/O.
+//!
+//! Everything in this module parses or produces bytes that cross the wire between Pomona and Apple
+//! devices or services. Nothing here touches storage, sockets or the clock, so every function is
+//! exhaustively testable with fixtures.
+
+pub mod checkin;
+pub mod cms;
+pub mod client_cert;
+pub mod command;
+pub mod enrollment_id;
+pub mod plist_json;
+pub mod report;
