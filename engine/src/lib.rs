@@ -1,2 +1,27 @@
+//! # Pomona
+//!
+//! An embeddable, plugin-scriptable Apple MDM engine.
+//!
+//! The crate is layered; dependencies point inward:
+//!
+//! - [`wire`]: Apple wire formats (plists, commands, CMS signatures) — pure functions.
+//! - [`store`]: narrow storage traits per consumer and the redb backend.
+//! - Services: [`mdm`] (check-in and command queue), [`ca`], [`events`], [`push`].
+//! - Adapters: [`http`] (device endpoints, admin API) and the `pomona` binary.
+//!
+//! Start with [`Engine::builder`].
+
+pub mod ca;
+pub mod config;
+mod engine;
+pub mod events;
+pub mod fsutil;
+pub mod http;
+pub mod mdm;
+pub mod metrics;
+pub mod push;
+pub mod seal;
 pub mod store;
 pub mod wire;
+
+pub use engine::{Engine, EngineBuilder, EngineError};

@@ -1,1 +1,21 @@
-fn main(){}
+//! The `pomona` binary.
+
+mod cli;
+
+use clap::Parser;
+use cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            cli::init_logging(args.log_format);
+            cli::serve::run(args).await
+        }
+        Command::Version => {
+            println!("pomona {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}

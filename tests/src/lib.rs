@@ -1,0 +1,15 @@
+//! # pomona-testkit
+//!
+//! Simulators for testing Pomona over real HTTP on loopback:
+//!
+//! - [`device::Device`]: a simulated Apple device that speaks the real wire format (XML plists,
+//!   real CMS `Mdm-Signature`s from its own key, or a proxy-forwarded client certificate).
+//! - [`server::TestServer`]: an in-process engine on an ephemeral port;
+//!   [`server::ServeProcess`]: the real `pomona serve` binary as a child process.
+//! - [`api::ApiClient`]: a small client for the admin API.
+//! - [`loadgen`]: many simulated devices checking in concurrently (`pomona-loadgen` binary).
+
+pub mod api;
+pub mod device;
+pub mod loadgen;
+pub mod server;

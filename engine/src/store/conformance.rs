@@ -62,7 +62,19 @@ fn cmd(uuid: &str) -> Command {
     Command::build(uuid, "ProfileList", plist::Dictionary::new())
 }
 
-async fn report<S: Store>(store: &S, id: &EnrollmentId, uuid: &str, status: Status) -> ReportOutcome {
+async fn enqueue_one<S: Store>(store: &S, uuid: &str, id: &EnrollmentId) {
+    store
+        .enqueue(&cmd(uuid), std::slice::from_ref(id), 100, now())
+        .await
+        .unwrap();
+}
+
+async fn report<S: Store>(
+    store: &S,
+    id: &EnrollmentId,
+    uuid: &str,
+    status: Status,
+) -> ReportOutcome {
     let r = ReportRecord {
         command_uuid: uuid.into(),
         status,
@@ -96,95 +108,210 @@ async fn queue_sequence<S: Store>(store: &S) {
     let id = &c.id;
     use NextCommand::*;
     assert_eq!(next(store, id, AfterIdle).await, None, "Idle → nothing");
-    store.enqueue(&cmd("C1"), &[id.clone()], 100, now()).await.unwrap();
-    store.enqueue(&cmd("C2"), &[id.clone()], 100, now()).await.unwrap();
+    enqueue_one(store, "C1", id).await;
+    enqueue_one(store, "C2", id).await;
     let c1 = store.next_command(id, AfterIdle).await.unwrap().unwrap();
     assert_eq!(c1.uuid, "C1", "Idle → C1");
     assert_eq!(c1.raw, cmd("C1").raw, "exact enqueued bytes");
-    assert!(matches!(report(store, id, "C1", Status::Acknowledged).await, ReportOutcome::Recorded { command_finished: true }));
-    assert_eq!(next(store, id, AfterReport).await.as_deref(), Some("C2"), "Ack C1 → C2");
+    assert!(matches!(
+        report(store, id, "C1", Status::Acknowledged).await,
+        ReportOutcome::Recorded {
+            command_finished: true
+        }
+    ));
+    assert_eq!(
+        next(store, id, AfterReport).await.as_deref(),
+        Some("C2"),
+        "Ack C1 → C2"
+    );
     report(store, id, "C2", Status::Acknowledged).await;
     assert_eq!(next(store, id, AfterReport).await, None, "Ack C2 → nothing");
-    store.enqueue(&cmd("C3"), &[id.clone()], 100, now()).await.unwrap();
-    assert_eq!(next(store, id, AfterIdle).await.as_deref(), Some("C3"), "Idle → C3");
-    assert_eq!(report(store, id, "C3", Status::NotNow).await, ReportOutcome::Recorded { command_finished: false });
-    assert_eq!(next(store, id, AfterReport).await, None, "NotNow C3 → nothing");
+    enqueue_one(store, "C3", id).await;
+    assert_eq!(
+        next(store, id, AfterIdle).await.as_deref(),
+        Some("C3"),
+        "Idle → C3"
+    );
+    assert_eq!(
+        report(store, id, "C3", Status::NotNow).await,
+        ReportOutcome::Recorded {
+            command_finished: false
+        }
+    );
+    assert_eq!(
+        next(store, id, AfterReport).await,
+        None,
+        "NotNow C3 → nothing"
+    );
     let q = store.queue(id).await.unwrap();
-    assert!(q.len() == 1 && q[0].not_now, "C3 stays queued, flagged NotNow");
-    assert_eq!(next(store, id, AfterIdle).await.as_deref(), Some("C3"), "Idle → C3 again");
-    assert!(!store.queue(id).await.unwrap()[0].not_now, "Idle resets NotNow flags");
+    assert!(
+        q.len() == 1 && q[0].not_now,
+        "C3 stays queued, flagged NotNow"
+    );
+    assert_eq!(
+        next(store, id, AfterIdle).await.as_deref(),
+        Some("C3"),
+        "Idle → C3 again"
+    );
+    assert!(
+        !store.queue(id).await.unwrap()[0].not_now,
+        "Idle resets NotNow flags"
+    );
     report(store, id, "C3", Status::Acknowledged).await;
     assert_eq!(next(store, id, AfterReport).await, None, "Ack C3 → nothing");
-    store.enqueue(&cmd("C4"), &[id.clone()], 100, now()).await.unwrap();
+    enqueue_one(store, "C4", id).await;
     // Re-Authenticate: the service clears the device's queues.
-    assert_eq!(store.clear_queue(std::slice::from_ref(id), now()).await.unwrap(), 1);
-    assert_eq!(next(store, id, AfterIdle).await, None, "re-Authenticate clears the queue");
+    assert_eq!(
+        store
+            .clear_queue(std::slice::from_ref(id), now())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        next(store, id, AfterIdle).await,
+        None,
+        "re-Authenticate clears the queue"
+    );
     let c4 = store.command("C4").await.unwrap().unwrap();
     assert_eq!(c4.targets[0].state, TargetState::Cancelled);
     assert!(c4.finished_at.is_some());
 
     // NotNow'd commands are skipped within one response but later ones are still delivered.
-    store.enqueue(&cmd("C5"), &[id.clone()], 100, now()).await.unwrap();
-    store.enqueue(&cmd("C6"), &[id.clone()], 100, now()).await.unwrap();
+    enqueue_one(store, "C5", id).await;
+    enqueue_one(store, "C6", id).await;
     assert_eq!(next(store, id, AfterIdle).await.as_deref(), Some("C5"));
     report(store, id, "C5", Status::NotNow).await;
-    assert_eq!(next(store, id, AfterReport).await.as_deref(), Some("C6"), "skip NotNow'd C5");
+    assert_eq!(
+        next(store, id, AfterReport).await.as_deref(),
+        Some("C6"),
+        "skip NotNow'd C5"
+    );
     report(store, id, "C6", Status::Error).await;
     assert_eq!(next(store, id, AfterReport).await, None);
     assert_eq!(next(store, id, AfterIdle).await.as_deref(), Some("C5"));
     let c6 = store.command("C6").await.unwrap().unwrap();
     assert_eq!(c6.targets[0].state, TargetState::Error);
-    assert_eq!(c6.targets[0].result.as_deref(), Some(&b"report C6 Error"[..]));
+    assert_eq!(
+        c6.targets[0].result.as_deref(),
+        Some(&b"report C6 Error"[..])
+    );
     assert!(store.cancel(id, "C5", now()).await.unwrap());
-    assert!(!store.cancel(id, "C5", now()).await.unwrap(), "cancel twice");
+    assert!(
+        !store.cancel(id, "C5", now()).await.unwrap(),
+        "cancel twice"
+    );
     assert_eq!(next(store, id, AfterIdle).await, None);
 }
 
 async fn unknown_report_leaves_queue_alone<S: Store>(store: &S) {
     let c = enroll(store, "U-1").await;
-    store.enqueue(&cmd("U-C1"), &[c.id.clone()], 100, now()).await.unwrap();
-    store.enqueue(&cmd("U-C2"), &[c.id.clone()], 100, now()).await.unwrap();
+    enqueue_one(store, "U-C1", &c.id).await;
+    enqueue_one(store, "U-C2", &c.id).await;
     for status in [Status::Acknowledged, Status::Error, Status::NotNow] {
-        assert_eq!(report(store, &c.id, "NOPE", status).await, ReportOutcome::NotQueued);
+        assert_eq!(
+            report(store, &c.id, "NOPE", status).await,
+            ReportOutcome::NotQueued
+        );
     }
     // A report for a command queued for someone else changes nothing either.
     let other = enroll(store, "U-2").await;
-    assert_eq!(report(store, &other.id, "U-C1", Status::Acknowledged).await, ReportOutcome::NotQueued);
-    let q: Vec<_> = store.queue(&c.id).await.unwrap().into_iter().map(|c| c.uuid).collect();
-    assert_eq!(q, ["U-C1", "U-C2"], "unknown reports must not disturb the queue");
+    assert_eq!(
+        report(store, &other.id, "U-C1", Status::Acknowledged).await,
+        ReportOutcome::NotQueued
+    );
+    let q: Vec<_> = store
+        .queue(&c.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.uuid)
+        .collect();
+    assert_eq!(
+        q,
+        ["U-C1", "U-C2"],
+        "unknown reports must not disturb the queue"
+    );
     // A duplicate ack (device re-sent after a lost response) is harmless.
     report(store, &c.id, "U-C1", Status::Acknowledged).await;
-    assert_eq!(report(store, &c.id, "U-C1", Status::Acknowledged).await, ReportOutcome::NotQueued);
-    assert_eq!(next(store, &c.id, NextCommand::AfterReport).await.as_deref(), Some("U-C2"));
+    assert_eq!(
+        report(store, &c.id, "U-C1", Status::Acknowledged).await,
+        ReportOutcome::NotQueued
+    );
+    assert_eq!(
+        next(store, &c.id, NextCommand::AfterReport)
+            .await
+            .as_deref(),
+        Some("U-C2")
+    );
 }
 
 async fn duplicate_and_unknown_targets<S: Store>(store: &S) {
     let c = enroll(store, "D-1").await;
-    store.enqueue(&cmd("D-C1"), &[c.id.clone()], 100, now()).await.unwrap();
-    let err = store.enqueue(&cmd("D-C1"), &[c.id.clone()], 100, now()).await.unwrap_err();
+    enqueue_one(store, "D-C1", &c.id).await;
+    let err = store
+        .enqueue(&cmd("D-C1"), std::slice::from_ref(&c.id), 100, now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::DuplicateCommand(u) if u == "D-C1"));
     let err = store
-        .enqueue(&cmd("D-C2"), &[c.id.clone(), EnrollmentId::new("ghost")], 100, now())
+        .enqueue(
+            &cmd("D-C2"),
+            &[c.id.clone(), EnrollmentId::new("ghost")],
+            100,
+            now(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::UnknownEnrollment(ref i) if i.as_str() == "ghost"));
-    assert!(store.command("D-C2").await.unwrap().is_none(), "nothing half-written");
+    assert!(
+        store.command("D-C2").await.unwrap().is_none(),
+        "nothing half-written"
+    );
     assert_eq!(store.queue(&c.id).await.unwrap().len(), 1);
-    store.enqueue(&cmd("D-C3"), &[c.id.clone()], 2, now()).await.unwrap();
-    let err = store.enqueue(&cmd("D-C4"), &[c.id.clone()], 2, now()).await.unwrap_err();
+    store
+        .enqueue(&cmd("D-C3"), std::slice::from_ref(&c.id), 2, now())
+        .await
+        .unwrap();
+    let err = store
+        .enqueue(&cmd("D-C4"), std::slice::from_ref(&c.id), 2, now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::QueueFull { limit: 2, .. }));
 }
 
 async fn one_command_many_targets<S: Store>(store: &S) {
     let a = enroll(store, "M-1").await;
     let b = enroll(store, "M-2").await;
-    store.enqueue(&cmd("M-C1"), &[a.id.clone(), b.id.clone(), a.id.clone()], 100, now()).await.unwrap();
+    store
+        .enqueue(
+            &cmd("M-C1"),
+            &[a.id.clone(), b.id.clone(), a.id.clone()],
+            100,
+            now(),
+        )
+        .await
+        .unwrap();
     let rec = store.command("M-C1").await.unwrap().unwrap();
     assert_eq!(rec.targets.len(), 2, "targets are de-duplicated");
-    assert!(matches!(report(store, &a.id, "M-C1", Status::Acknowledged).await, ReportOutcome::Recorded { command_finished: false }));
-    assert!(matches!(report(store, &b.id, "M-C1", Status::Acknowledged).await, ReportOutcome::Recorded { command_finished: true }));
+    assert!(matches!(
+        report(store, &a.id, "M-C1", Status::Acknowledged).await,
+        ReportOutcome::Recorded {
+            command_finished: false
+        }
+    ));
+    assert!(matches!(
+        report(store, &b.id, "M-C1", Status::Acknowledged).await,
+        ReportOutcome::Recorded {
+            command_finished: true
+        }
+    ));
     let rec = store.command("M-C1").await.unwrap().unwrap();
-    assert!(rec.targets.iter().all(|t| t.state == TargetState::Acknowledged));
+    assert!(
+        rec.targets
+            .iter()
+            .all(|t| t.state == TargetState::Acknowledged)
+    );
     assert!(rec.finished_at.is_some());
 }
 
@@ -192,7 +319,13 @@ async fn user_channel_cascade<S: Store>(store: &S) {
     let d = enroll(store, "UC-1").await;
     let u = user("UC-1", "G1");
     let tally = store
-        .store_token_update(&u, &token_update(), None, (Some("jane".into()), None), now())
+        .store_token_update(
+            &u,
+            &token_update(),
+            None,
+            (Some("jane".into()), None),
+            now(),
+        )
         .await
         .unwrap();
     assert_eq!(tally, 1);
@@ -200,37 +333,82 @@ async fn user_channel_cascade<S: Store>(store: &S) {
     assert!(e.enabled);
     assert_eq!(e.parent.as_ref(), Some(&d.id));
     assert_eq!(e.user_short_name.as_deref(), Some("jane"));
-    assert_eq!(store.user_channels(&d.id).await.unwrap(), vec![u.id.clone()]);
+    assert_eq!(
+        store.user_channels(&d.id).await.unwrap(),
+        vec![u.id.clone()]
+    );
     let mut disabled = store.disable(&d.id, now()).await.unwrap();
     disabled.sort();
-    assert_eq!(disabled, vec![d.id.clone(), u.id.clone()], "device disable cascades");
+    assert_eq!(
+        disabled,
+        vec![d.id.clone(), u.id.clone()],
+        "device disable cascades"
+    );
     assert!(!store.enrollment(&u.id).await.unwrap().unwrap().enabled);
-    let push = store.push_targets(&[d.id.clone(), u.id.clone()]).await.unwrap();
-    assert!(push.iter().all(|(_, p)| p.is_none()), "no push to disabled channels");
+    let push = store
+        .push_targets(&[d.id.clone(), u.id.clone()])
+        .await
+        .unwrap();
+    assert!(
+        push.iter().all(|(_, p)| p.is_none()),
+        "no push to disabled channels"
+    );
 }
 
 async fn token_update_tally_and_unlock_token<S: Store>(store: &S) {
     let c = enroll(store, "T-1").await;
     let t2 = store
-        .store_token_update(&c, &token_update(), Some(b"sealed-unlock".to_vec()), (None, None), now())
+        .store_token_update(
+            &c,
+            &token_update(),
+            Some(b"sealed-unlock".to_vec()),
+            (None, None),
+            now(),
+        )
         .await
         .unwrap();
     assert_eq!(t2, 2);
-    store.store_token_update(&c, &token_update(), None, (None, None), now()).await.unwrap();
+    store
+        .store_token_update(&c, &token_update(), None, (None, None), now())
+        .await
+        .unwrap();
     let e = store.enrollment(&c.id).await.unwrap().unwrap();
     assert_eq!(e.token_update_tally, 3);
-    assert_eq!(e.unlock_token_sealed.as_deref(), Some(&b"sealed-unlock"[..]), "a missing UnlockToken never erases one");
-    let auth = Authenticate { topic: "t".into(), ..Default::default() };
+    assert_eq!(
+        e.unlock_token_sealed.as_deref(),
+        Some(&b"sealed-unlock"[..]),
+        "a missing UnlockToken never erases one"
+    );
+    let auth = Authenticate {
+        topic: "t".into(),
+        ..Default::default()
+    };
     store.store_authenticate(&c, &auth, now()).await.unwrap();
     let e = store.enrollment(&c.id).await.unwrap().unwrap();
-    assert_eq!((e.enabled, e.token_update_tally), (false, 0), "Authenticate resets");
-    let push = store.push_targets(std::slice::from_ref(&c.id)).await.unwrap();
+    assert_eq!(
+        (e.enabled, e.token_update_tally),
+        (false, 0),
+        "Authenticate resets"
+    );
+    let push = store
+        .push_targets(std::slice::from_ref(&c.id))
+        .await
+        .unwrap();
     assert!(push[0].1.is_none());
-    store.store_token_update(&c, &token_update(), None, (None, None), now()).await.unwrap();
-    let push = store.push_targets(std::slice::from_ref(&c.id)).await.unwrap();
+    store
+        .store_token_update(&c, &token_update(), None, (None, None), now())
+        .await
+        .unwrap();
+    let push = store
+        .push_targets(std::slice::from_ref(&c.id))
+        .await
+        .unwrap();
     assert_eq!(push[0].1.as_ref().unwrap().token, "ab".repeat(32));
     store.invalidate_push(&c.id).await.unwrap();
-    let push = store.push_targets(std::slice::from_ref(&c.id)).await.unwrap();
+    let push = store
+        .push_targets(std::slice::from_ref(&c.id))
+        .await
+        .unwrap();
     assert!(!push[0].1.as_ref().unwrap().valid);
 }
 
@@ -245,44 +423,99 @@ async fn identity_pinning<S: Store>(store: &S) {
     assert_eq!(store.renewed_from(&h2).await.unwrap(), Some(h1));
     store.pin_cert(&id, &h2).await.unwrap();
     assert_eq!(store.pinned_cert(&id).await.unwrap(), Some(h2));
-    assert_eq!(store.cert_owner(&h1).await.unwrap(), Some(id.clone()), "old hashes stay owned");
+    assert_eq!(
+        store.cert_owner(&h1).await.unwrap(),
+        Some(id.clone()),
+        "old hashes stay owned"
+    );
 }
 
 async fn garbage_collection<S: Store>(store: &S) {
     let c = enroll(store, "G-1").await;
-    store.enqueue(&cmd("G-C1"), &[c.id.clone()], 100, now()).await.unwrap();
-    store.enqueue(&cmd("G-C2"), &[c.id.clone()], 100, now()).await.unwrap();
+    enqueue_one(store, "G-C1", &c.id).await;
+    enqueue_one(store, "G-C2", &c.id).await;
     report(store, &c.id, "G-C1", Status::Acknowledged).await;
     let later = now() + Duration::seconds(5);
     let deleted = store.collect_garbage(later, 10_000).await.unwrap();
     assert!(deleted >= 1);
-    assert!(store.command("G-C1").await.unwrap().is_none(), "finished command collected");
-    assert!(store.command("G-C2").await.unwrap().is_some(), "pending command kept");
-    assert_eq!(store.collect_garbage(now() - Duration::hours(1), 10).await.unwrap(), 0);
+    assert!(
+        store.command("G-C1").await.unwrap().is_none(),
+        "finished command collected"
+    );
+    assert!(
+        store.command("G-C2").await.unwrap().is_some(),
+        "pending command kept"
+    );
+    assert_eq!(
+        store
+            .collect_garbage(now() - Duration::hours(1), 10)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 async fn events_bootstrap_secrets<S: Store>(store: &S) {
-    let base = store.events_after(0, usize::MAX).await.unwrap().last().map_or(0, |e| e.seq);
-    let ev = |k: &str| NewEvent { kind: k.into(), enrollment_id: None, data: serde_json::json!({"k": k}) };
-    let written = store.append_events(vec![ev("a"), ev("b")], now()).await.unwrap();
+    let base = store
+        .events_after(0, usize::MAX)
+        .await
+        .unwrap()
+        .last()
+        .map_or(0, |e| e.seq);
+    let ev = |k: &str| NewEvent {
+        kind: k.into(),
+        enrollment_id: None,
+        data: serde_json::json!({"k": k}),
+    };
+    let written = store
+        .append_events(vec![ev("a"), ev("b")], now())
+        .await
+        .unwrap();
     assert_eq!(written[1].seq, written[0].seq + 1);
     let read = store.events_after(base, 10).await.unwrap();
-    assert_eq!(read.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-    assert_eq!(store.events_after(written[0].seq, 10).await.unwrap().len(), 1);
-    assert!(store.prune_events(now() + Duration::seconds(1)).await.unwrap() >= 2);
+    assert_eq!(
+        read.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(
+        store.events_after(written[0].seq, 10).await.unwrap().len(),
+        1
+    );
+    assert!(
+        store
+            .prune_events(now() + Duration::seconds(1))
+            .await
+            .unwrap()
+            >= 2
+    );
     assert!(store.events_after(0, 10).await.unwrap().is_empty());
     let again = store.append_events(vec![ev("c")], now()).await.unwrap();
-    assert!(again[0].seq > written[1].seq, "sequence numbers never go back");
+    assert!(
+        again[0].seq > written[1].seq,
+        "sequence numbers never go back"
+    );
 
     let id = EnrollmentId::new("B-1");
     assert_eq!(store.bootstrap_token(&id).await.unwrap(), None);
-    store.store_bootstrap_token(&id, Some(b"bt".to_vec())).await.unwrap();
-    assert_eq!(store.bootstrap_token(&id).await.unwrap().as_deref(), Some(&b"bt"[..]));
+    store
+        .store_bootstrap_token(&id, Some(b"bt".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.bootstrap_token(&id).await.unwrap().as_deref(),
+        Some(&b"bt"[..])
+    );
     store.store_bootstrap_token(&id, None).await.unwrap();
     assert_eq!(store.bootstrap_token(&id).await.unwrap(), None);
 
-    store.put_secret("ca.key", b"sealed".to_vec()).await.unwrap();
-    assert_eq!(store.secret("ca.key").await.unwrap().as_deref(), Some(&b"sealed"[..]));
+    store
+        .put_secret("ca.key", b"sealed".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.secret("ca.key").await.unwrap().as_deref(),
+        Some(&b"sealed"[..])
+    );
     assert_eq!(store.secret("nope").await.unwrap(), None);
 }
 
@@ -290,18 +523,52 @@ async fn listing<S: Store>(store: &S) {
     for i in 0..5 {
         enroll(store, &format!("L-{i}")).await;
     }
-    let q = EnrollmentQuery { after: Some("L-".into()), limit: Some(2), ..Default::default() };
+    let q = EnrollmentQuery {
+        after: Some("L-".into()),
+        limit: Some(2),
+        ..Default::default()
+    };
     let page = store.list_enrollments(&q).await.unwrap();
-    assert_eq!(page.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["L-0", "L-1"]);
-    let q = EnrollmentQuery { after: Some("L-1".into()), limit: Some(2), ..Default::default() };
+    assert_eq!(
+        page.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["L-0", "L-1"]
+    );
+    let q = EnrollmentQuery {
+        after: Some("L-1".into()),
+        limit: Some(2),
+        ..Default::default()
+    };
     let page = store.list_enrollments(&q).await.unwrap();
     assert_eq!(page[0].id.as_str(), "L-2");
-    let q = EnrollmentQuery { serial_number: Some("SN-L-3".into()), ..Default::default() };
+    let q = EnrollmentQuery {
+        serial_number: Some("SN-L-3".into()),
+        ..Default::default()
+    };
     let page = store.list_enrollments(&q).await.unwrap();
     assert_eq!(page.len(), 1);
-    let q = EnrollmentQuery { kind: Some(ChannelKind::User), ..Default::default() };
-    assert!(store.list_enrollments(&q).await.unwrap().iter().all(|e| e.kind == ChannelKind::User));
-    store.touch(vec![(EnrollmentId::new("L-0"), now() + Duration::hours(1)), (EnrollmentId::new("ghost"), now())]).await.unwrap();
-    let e = store.enrollment(&EnrollmentId::new("L-0")).await.unwrap().unwrap();
+    let q = EnrollmentQuery {
+        kind: Some(ChannelKind::User),
+        ..Default::default()
+    };
+    assert!(
+        store
+            .list_enrollments(&q)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.kind == ChannelKind::User)
+    );
+    store
+        .touch(vec![
+            (EnrollmentId::new("L-0"), now() + Duration::hours(1)),
+            (EnrollmentId::new("ghost"), now()),
+        ])
+        .await
+        .unwrap();
+    let e = store
+        .enrollment(&EnrollmentId::new("L-0"))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(e.last_seen_at.unwrap() > now());
 }

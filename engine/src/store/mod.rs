@@ -192,7 +192,8 @@ pub trait BootstrapStore: Send + Sync {
 #[async_trait]
 pub trait EventStore: Send + Sync {
     /// Append events; returns them with their sequence numbers.
-    async fn append_events(&self, events: Vec<NewEvent>, now: Timestamp) -> StoreResult<Vec<Event>>;
+    async fn append_events(&self, events: Vec<NewEvent>, now: Timestamp)
+    -> StoreResult<Vec<Event>>;
 
     /// Events with `seq > after`, oldest first, at most `limit`.
     async fn events_after(&self, after: u64, limit: usize) -> StoreResult<Vec<Event>>;

@@ -418,10 +418,19 @@ mod tests {
         for (t, extra) in [
             ("CheckOut", None),
             ("UserAuthenticate", None),
-            ("SetBootstrapToken", Some(("BootstrapToken", Value::Data(vec![1, 2])))),
+            (
+                "SetBootstrapToken",
+                Some(("BootstrapToken", Value::Data(vec![1, 2]))),
+            ),
             ("GetBootstrapToken", None),
-            ("DeclarativeManagement", Some(("Endpoint", Value::from("tokens")))),
-            ("GetToken", Some(("TokenServiceType", Value::from("com.apple.maid")))),
+            (
+                "DeclarativeManagement",
+                Some(("Endpoint", Value::from("tokens"))),
+            ),
+            (
+                "GetToken",
+                Some(("TokenServiceType", Value::from("com.apple.maid"))),
+            ),
             ("ReturnToService", None),
         ] {
             let mut d = base(t);
@@ -439,6 +448,9 @@ mod tests {
         d.insert("Extra".into(), 1.into());
         let mut bin = Vec::new();
         Value::Dictionary(d).to_writer_binary(&mut bin).unwrap();
-        assert_eq!(CheckinMessage::parse(&bin).unwrap().body, CheckinBody::CheckOut);
+        assert_eq!(
+            CheckinMessage::parse(&bin).unwrap().body,
+            CheckinBody::CheckOut
+        );
     }
 }

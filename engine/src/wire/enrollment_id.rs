@@ -162,7 +162,10 @@ impl Identifiers {
                 },
             });
         }
-        let udid = checked("UDID", self.udid.as_deref().ok_or(ChannelError::MissingDeviceId)?)?;
+        let udid = checked(
+            "UDID",
+            self.udid.as_deref().ok_or(ChannelError::MissingDeviceId)?,
+        )?;
         let device = EnrollmentId::new(udid);
         Ok(match self.user_id.as_deref() {
             None => Channel {
@@ -222,9 +225,13 @@ mod tests {
 
     #[test]
     fn shared_ipad_user_channel_uses_short_name() {
-        let c = ids(Some("U1"), Some(&SHARED_IPAD_USER_ID.to_lowercase()), Some("jane"))
-            .channel()
-            .unwrap();
+        let c = ids(
+            Some("U1"),
+            Some(&SHARED_IPAD_USER_ID.to_lowercase()),
+            Some("jane"),
+        )
+        .channel()
+        .unwrap();
         assert_eq!(c.id.as_str(), "U1:jane");
         assert_eq!(c.kind, ChannelKind::SharedIpadUser);
         assert_eq!(
@@ -240,7 +247,10 @@ mod tests {
             ..Default::default()
         };
         let c = i.channel().unwrap();
-        assert_eq!((c.id.as_str(), c.kind), ("E1", ChannelKind::UserEnrollmentDevice));
+        assert_eq!(
+            (c.id.as_str(), c.kind),
+            ("E1", ChannelKind::UserEnrollmentDevice)
+        );
         i.enrollment_user_id = Some("EU1".into());
         let c = i.channel().unwrap();
         assert_eq!(c.id.as_str(), "E1:EU1");
@@ -250,7 +260,10 @@ mod tests {
 
     #[test]
     fn rejects_missing_and_ambiguous_ids() {
-        assert_eq!(ids(None, None, None).channel(), Err(ChannelError::MissingDeviceId));
+        assert_eq!(
+            ids(None, None, None).channel(),
+            Err(ChannelError::MissingDeviceId)
+        );
         assert_eq!(
             ids(Some("a:b"), None, None).channel(),
             Err(ChannelError::InvalidValue { key: "UDID" })

@@ -5,8 +5,8 @@
 //! exhaustively testable with fixtures.
 
 pub mod checkin;
-pub mod cms;
 pub mod client_cert;
+pub mod cms;
 pub mod command;
 pub mod enrollment_id;
 pub mod plist_json;

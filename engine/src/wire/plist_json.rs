@@ -137,7 +137,10 @@ mod tests {
     #[test]
     fn precise_errors() {
         let err = json_to_plist(&json!({"a": [1, null]})).unwrap_err();
-        assert_eq!(err.to_string(), "null is not allowed in a property list (at $.a[1])");
+        assert_eq!(
+            err.to_string(),
+            "null is not allowed in a property list (at $.a[1])"
+        );
         assert!(matches!(
             json_to_plist(&json!({"$data": "!!"})),
             Err(PlistJsonError::BadData(_))

@@ -1,1 +1,64 @@
-fn main(){}
+//! Embedding Pomona in your own axum application.
+//!
+//! Your app keeps its own routes; Pomona's device endpoints (`/mdm/...`), admin API (`/v1/...`)
+//! and operational endpoints are merged in, and your code reacts to Pomona's events.
+//!
+//! ```text
+//! cargo run -p pomona-example-embed-axum
+//! curl http://127.0.0.1:9100/
+//! curl -H 'Authorization: Bearer example-admin-key-change-me' http://127.0.0.1:9100/v1/enrollments
+//! ```
+
+use axum::Router;
+use axum::routing::get;
+use pomona::Engine;
+use pomona::store::redb::RedbStore;
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter("info").init();
+
+    let addr = std::env::var("EXAMPLE_LISTEN").unwrap_or_else(|_| "127.0.0.1:9100".into());
+    let data_dir = std::path::PathBuf::from(
+        std::env::var("EXAMPLE_DATA_DIR").unwrap_or_else(|_| "example-data".into()),
+    );
+    std::fs::create_dir_all(&data_dir)?;
+
+    // Assemble the engine in code: a durable store, a sealing key kept next to it, the URL
+    // devices will use, and an admin API key.
+    let engine = Engine::builder()
+        .store(Arc::new(RedbStore::open(data_dir.join("pomona.redb"))?))
+        .seal_key(pomona::seal::SealKey::load_or_create(
+            &data_dir.join("seal.key"),
+        )?)
+        .public_url(format!("http://{addr}"))
+        .api_key("example-admin-key-change-me")
+        .build()
+        .await?;
+
+    // React to lifecycle events in your own code.
+    let mut events = engine.subscribe();
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            tracing::info!(kind = %event.kind, enrollment = ?event.enrollment_id, "pomona event");
+        }
+    });
+
+    let app = Router::new()
+        .route(
+            "/",
+            get(|| async { "my product, with an MDM engine inside" }),
+        )
+        .merge(engine.router());
+
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("example app on http://{addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    engine.shutdown().await;
+    Ok(())
+}

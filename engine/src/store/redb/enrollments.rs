@@ -42,9 +42,8 @@ impl EnrollmentStore for RedbStore {
         let channel = channel.clone();
         let m = m.clone();
         self.write(move |txn| {
-            let mut e = load(txn, channel.id.as_str())?.unwrap_or_else(|| {
-                Enrollment::new(channel.id.clone(), None, channel.kind, now)
-            });
+            let mut e = load(txn, channel.id.as_str())?
+                .unwrap_or_else(|| Enrollment::new(channel.id.clone(), None, channel.kind, now));
             e.enabled = false;
             e.token_update_tally = 0;
             e.topic = Some(m.topic.clone());
@@ -88,7 +87,12 @@ impl EnrollmentStore for RedbStore {
                         idx.insert((parent.as_str(), channel.id.as_str()), ())
                             .map_err(backend)?;
                     }
-                    Enrollment::new(channel.id.clone(), channel.parent.clone(), channel.kind, now)
+                    Enrollment::new(
+                        channel.id.clone(),
+                        channel.parent.clone(),
+                        channel.kind,
+                        now,
+                    )
                 }
             };
             e.enabled = true;
@@ -165,10 +169,8 @@ impl EnrollmentStore for RedbStore {
         self.read(|txn| {
             let table = txn.open_table(ENROLLMENTS).map_err(backend)?;
             let range = match q.after.as_deref() {
-                Some(after) => table.range::<&str>((
-                    std::ops::Bound::Excluded(after),
-                    std::ops::Bound::Unbounded,
-                )),
+                Some(after) => table
+                    .range::<&str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
                 None => table.range::<&str>(..),
             }
             .map_err(backend)?;

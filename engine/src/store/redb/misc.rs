@@ -41,7 +41,11 @@ impl BootstrapStore for RedbStore {
 
 #[async_trait]
 impl EventStore for RedbStore {
-    async fn append_events(&self, events: Vec<NewEvent>, now: Timestamp) -> StoreResult<Vec<Event>> {
+    async fn append_events(
+        &self,
+        events: Vec<NewEvent>,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Event>> {
         self.write(move |txn| {
             let mut out = Vec::with_capacity(events.len());
             for e in &events {

@@ -240,7 +240,9 @@ mod tests {
             }
         };
         assert_eq!(
-            crate::store::SecretStore::secret(&store, "k").await.unwrap(),
+            crate::store::SecretStore::secret(&store, "k")
+                .await
+                .unwrap(),
             Some(b"v".to_vec())
         );
         drop(store);

@@ -10,8 +10,8 @@ use super::tables::{
 };
 use super::{RedbStore, backend, decode, encode};
 use crate::store::{
-    CommandRecord, NextCommand, QueueStore, QueuedCommand, ReportOutcome, ReportRecord,
-    StoreError, StoreResult, TargetRecord, TargetState, Timestamp,
+    CommandRecord, NextCommand, QueueStore, QueuedCommand, ReportOutcome, ReportRecord, StoreError,
+    StoreResult, TargetRecord, TargetState, Timestamp,
 };
 use crate::wire::command::Command;
 use crate::wire::enrollment_id::EnrollmentId;
@@ -231,8 +231,8 @@ impl QueueStore for RedbStore {
         id: &EnrollmentId,
         mode: NextCommand,
     ) -> StoreResult<Option<QueuedCommand>> {
-        let reset_flags = mode == NextCommand::AfterIdle
-            && self.read(|txn| has_not_now(txn, id.as_str()))?;
+        let reset_flags =
+            mode == NextCommand::AfterIdle && self.read(|txn| has_not_now(txn, id.as_str()))?;
         if reset_flags {
             let owned = id.clone();
             self.write(move |txn| {
@@ -254,10 +254,7 @@ impl QueueStore for RedbStore {
             {
                 let (_, v) = entry.map_err(backend)?;
                 let uuid = v.value();
-                let flagged = not_now
-                    .get((id.as_str(), uuid))
-                    .map_err(backend)?
-                    .is_some();
+                let flagged = not_now.get((id.as_str(), uuid)).map_err(backend)?.is_some();
                 if mode == NextCommand::AfterIdle || !flagged {
                     return queued(txn, uuid, flagged).map(Some);
                 }
@@ -433,7 +430,10 @@ impl QueueStore for RedbStore {
         self.write(move |txn| {
             let mut finished = txn.open_table(FINISHED).map_err(backend)?;
             let mut doomed = Vec::new();
-            for entry in finished.range((i64::MIN, "")..(cutoff, "")).map_err(backend)? {
+            for entry in finished
+                .range((i64::MIN, "")..(cutoff, ""))
+                .map_err(backend)?
+            {
                 let (k, _) = entry.map_err(backend)?;
                 let (at, uuid) = k.value();
                 doomed.push((at, uuid.to_owned()));

@@ -1,0 +1,318 @@
+//! Engine configuration: a TOML file, `POMONA_*` environment overrides, then command-line flags.
+//!
+//! Every field has a default, so an empty file (or none) runs the engine with embedded defaults.
+//! See `examples/pomona.toml` for an annotated sample.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::mdm::{RenewalPolicy, UserAuthenticatePolicy};
+
+/// Errors reading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// An environment variable has an invalid value.
+    #[error("invalid value for {var}: {message}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Why it is invalid.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the database, keys and generated secrets live.
+    pub data_dir: PathBuf,
+    /// Address the HTTP(S) listener binds.
+    pub listen: SocketAddr,
+    /// The URL devices and admins reach the engine at (used in enrollment profiles).
+    pub public_url: String,
+    /// Admin API settings.
+    pub api: ApiConfig,
+    /// Sealing of secrets at rest.
+    pub seal: SealConfig,
+    /// TLS for the listener.
+    pub tls: TlsConfig,
+    /// How devices prove their identity.
+    pub identity: IdentityConfig,
+    /// The certificate authority.
+    pub ca: CaConfig,
+    /// Check-in protocol behaviour.
+    pub mdm: MdmConfig,
+    /// How long finished work is kept.
+    pub retention: RetentionConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("pomona-data"),
+            listen: "127.0.0.1:9000".parse().expect("valid literal"),
+            public_url: "http://127.0.0.1:9000".into(),
+            api: ApiConfig::default(),
+            seal: SealConfig::default(),
+            tls: TlsConfig::default(),
+            identity: IdentityConfig::default(),
+            ca: CaConfig::default(),
+            mdm: MdmConfig::default(),
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The admin API key. When unset (and `POMONA_API_KEY` is unset) a key is generated into
+    /// `<data_dir>/api.key` on first start.
+    pub key: Option<String>,
+}
+
+/// `[seal]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SealConfig {
+    /// 64 hex characters. When unset, `<data_dir>/seal.key` is used (created on first start).
+    pub key: Option<String>,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the listener. With `key_file`, the listener speaks HTTPS and asks
+    /// devices for a client certificate (optional, verified against the CA by the check-in path).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the listener.
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[identity]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Header in which a TLS-terminating proxy forwards the client certificate (RFC 9440
+    /// `Client-Cert`, or nginx's escaped PEM under any name). Unset: such headers are ignored.
+    pub client_cert_header: Option<String>,
+    /// What to do when a device presents a new certificate.
+    pub renewal: RenewalPolicy,
+}
+
+/// `[ca]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaConfig {
+    /// Import this PEM CA certificate instead of generating one (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the imported CA.
+    pub key_file: Option<PathBuf>,
+    /// RSA key size of a generated CA.
+    pub key_bits: u32,
+    /// Validity of a generated CA certificate, in days.
+    pub validity_days: u32,
+    /// Validity of issued device certificates, in days.
+    pub device_cert_validity_days: u32,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            key_bits: 2048,
+            validity_days: 3650,
+            device_cert_validity_days: 365,
+        }
+    }
+}
+
+/// `[mdm]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MdmConfig {
+    /// `UserAuthenticate` behaviour: `decline` (410) or `accept`.
+    pub user_authenticate: UserAuthenticatePolicy,
+    /// Largest accepted device request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most commands queued for one enrollment.
+    pub max_queue_len: usize,
+}
+
+impl Default for MdmConfig {
+    fn default() -> Self {
+        Self {
+            user_authenticate: UserAuthenticatePolicy::Decline,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_queue_len: 1000,
+        }
+    }
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days a finished command and its results are kept.
+    pub command_days: u32,
+    /// Days an event is kept in the outbox.
+    pub event_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            command_days: 30,
+            event_days: 30,
+        }
+    }
+}
+
+impl Config {
+    /// Parse TOML text.
+    pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Read a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Apply `POMONA_*` overrides from `env` (usually `std::env::vars()`).
+    pub fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (var, value) in env {
+            let Some(name) = var.strip_prefix("POMONA_") else {
+                continue;
+            };
+            let some_path = || Some(PathBuf::from(&value));
+            match name {
+                "DATA_DIR" => self.data_dir = PathBuf::from(&value),
+                "LISTEN" => {
+                    self.listen = value.parse().map_err(|e| ConfigError::Env {
+                        var: "POMONA_LISTEN",
+                        message: format!("{e}"),
+                    })?
+                }
+                "PUBLIC_URL" => self.public_url = value.clone(),
+                "API_KEY" => self.api.key = Some(value.clone()),
+                "SEAL_KEY" => self.seal.key = Some(value.clone()),
+                "TLS_CERT_FILE" => self.tls.cert_file = some_path(),
+                "TLS_KEY_FILE" => self.tls.key_file = some_path(),
+                "CLIENT_CERT_HEADER" => self.identity.client_cert_header = Some(value.clone()),
+                "CA_CERT_FILE" => self.ca.cert_file = some_path(),
+                "CA_KEY_FILE" => self.ca.key_file = some_path(),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Check cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |var, message: &str| {
+            Err(ConfigError::Env {
+                var,
+                message: message.to_owned(),
+            })
+        };
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
+            return bad("public_url", "must start with http:// or https://");
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return bad("tls", "cert_file and key_file must be set together");
+        }
+        if self.ca.cert_file.is_some() != self.ca.key_file.is_some() {
+            return bad("ca", "cert_file and key_file must be set together");
+        }
+        if self.api.key.as_deref().is_some_and(|k| k.len() < 16) {
+            return bad("api.key", "must be at least 16 characters");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("", "x").unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.mdm.max_queue_len, 1000);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_env() {
+        let mut c = Config::from_toml(
+            "public_url = \"https://mdm.example.com\"\n[identity]\nclient_cert_header = \"X-Client\"\nrenewal = \"any\"\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.identity.renewal, RenewalPolicy::Any);
+        c.apply_env([
+            ("POMONA_LISTEN".to_string(), "0.0.0.0:8443".to_string()),
+            ("POMONA_API_KEY".to_string(), "k".repeat(20)),
+            ("HOME".to_string(), "/root".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(c.listen.port(), 8443);
+        assert_eq!(c.public_url, "https://mdm.example.com");
+        assert_eq!(c.identity.client_cert_header.as_deref(), Some("X-Client"));
+        assert!(c.api.key.is_some());
+    }
+
+    #[test]
+    fn precise_errors() {
+        let err = Config::from_toml("listen = 5", "pomona.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid config file pomona.toml:"), "{err}");
+        let err = Config::from_toml("bogus = 1", "p").unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let mut c = Config::default();
+        let err = c
+            .apply_env([("POMONA_LISTEN".to_string(), "nope".to_string())])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid value for POMONA_LISTEN")
+        );
+        c.public_url = "ftp://x".into();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,483 @@
+//! The embeddable engine: assembled in code with [`Engine::builder`], served as an axum router.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), pomona::EngineError> {
+//! let engine = pomona::Engine::builder()
+//!     .public_url("https://mdm.example.com")
+//!     .api_key("a-long-random-admin-api-key")
+//!     .build()
+//!     .await?;
+//! // Mount the device endpoints and the admin API in your own axum app:
+//! let app = axum::Router::new().merge(engine.router());
+//! let mut events = engine.subscribe();
+//! # let _ = (app, &mut events);
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::ca::{CaError, CaOptions, CertificateAuthority};
+use crate::config::{Config, RetentionConfig};
+use crate::events::Outbox;
+use crate::mdm::commands::Commander;
+use crate::mdm::core::TokenService;
+use crate::mdm::identity::IdentityVerifier;
+use crate::mdm::last_seen::LastSeen;
+use crate::mdm::{
+    Core, CoreOptions, MdmService, Observe, PinIdentity, RenewalPolicy, UserAuthenticatePolicy,
+    VerifyIdentity,
+};
+use crate::metrics::Metrics;
+use crate::push::{Pusher, Unconfigured};
+use crate::seal::{SealError, SealKey};
+use crate::store::redb::RedbStore;
+use crate::store::{Event, Store, StoreError};
+
+/// Errors assembling an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The CA could not be loaded, imported or generated.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The seal key is unusable.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// A file named in the configuration could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Invalid settings.
+    #[error("invalid engine settings: {0}")]
+    Invalid(String),
+}
+
+/// Settings the HTTP adapter reads.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpSettings {
+    pub api_key: Option<String>,
+    pub client_cert_header: Option<http::HeaderName>,
+    pub max_body_bytes: usize,
+}
+
+/// Everything the adapters share.
+pub(crate) struct EngineInner {
+    pub store: Arc<dyn Store>,
+    pub ca: Arc<CertificateAuthority>,
+    pub outbox: Outbox,
+    pub mdm: Arc<dyn MdmService>,
+    pub commander: Commander,
+    pub pusher: Arc<dyn Pusher>,
+    pub metrics: Arc<Metrics>,
+    pub last_seen: Arc<LastSeen>,
+    pub http: HttpSettings,
+    pub public_url: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running Pomona engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("public_url", &self.inner.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+type Layer = Box<dyn FnOnce(Arc<dyn MdmService>) -> Arc<dyn MdmService> + Send>;
+
+/// Assembles an [`Engine`]. Every setting has a default; the defaults keep state in memory.
+pub struct EngineBuilder {
+    store: Option<Arc<dyn Store>>,
+    seal: Option<SealKey>,
+    ca: Option<CertificateAuthority>,
+    ca_options: CaOptions,
+    api_key: Option<String>,
+    public_url: String,
+    client_cert_header: Option<String>,
+    renewal: RenewalPolicy,
+    core: CoreOptions,
+    max_body_bytes: usize,
+    max_queue_len: usize,
+    retention: RetentionConfig,
+    pusher: Option<Arc<dyn Pusher>>,
+    layers: Vec<Layer>,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        let defaults = Config::default();
+        Self {
+            store: None,
+            seal: None,
+            ca: None,
+            ca_options: CaOptions::default(),
+            api_key: None,
+            public_url: defaults.public_url,
+            client_cert_header: None,
+            renewal: RenewalPolicy::default(),
+            core: CoreOptions::default(),
+            max_body_bytes: defaults.mdm.max_body_bytes,
+            max_queue_len: defaults.mdm.max_queue_len,
+            retention: defaults.retention,
+            pusher: None,
+            layers: Vec::new(),
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, EngineError> {
+    std::fs::read(path).map_err(|source| EngineError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+impl EngineBuilder {
+    /// A builder configured from a [`Config`]: opens `<data_dir>/pomona.redb`, uses the seal key
+    /// from the config or `<data_dir>/seal.key` (created if missing), and imports the CA files
+    /// if configured. The API key is taken from `config.api.key` as is.
+    pub fn from_config(config: &Config) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::Io {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let store = RedbStore::open(config.data_dir.join("pomona.redb"))?;
+        let seal = match &config.seal.key {
+            Some(hex) => SealKey::from_hex(hex)?,
+            None => SealKey::load_or_create(&config.data_dir.join("seal.key"))?,
+        };
+        let mut b = Self::default()
+            .store(Arc::new(store))
+            .seal_key(seal)
+            .public_url(&config.public_url)
+            .renewal_policy(config.identity.renewal)
+            .user_authenticate(config.mdm.user_authenticate)
+            .max_body_bytes(config.mdm.max_body_bytes)
+            .max_queue_len(config.mdm.max_queue_len)
+            .retention(config.retention.clone());
+        b.ca_options = CaOptions {
+            key_bits: config.ca.key_bits,
+            validity_days: config.ca.validity_days,
+            ..CaOptions::default()
+        };
+        if let Some(key) = &config.api.key {
+            b = b.api_key(key);
+        }
+        if let Some(h) = &config.identity.client_cert_header {
+            b = b.client_cert_header(h);
+        }
+        if let (Some(cert), Some(key)) = (&config.ca.cert_file, &config.ca.key_file) {
+            b = b.ca(CertificateAuthority::from_pem(&read(cert)?, &read(key)?)?);
+        }
+        Ok(b)
+    }
+
+    /// Use this store (default: a fresh in-memory redb).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Seal secrets with this key (default: a random key, fine only for in-memory stores).
+    pub fn seal_key(mut self, key: SealKey) -> Self {
+        self.seal = Some(key);
+        self
+    }
+
+    /// Use this CA (default: the one sealed in the store, generated on first start).
+    pub fn ca(mut self, ca: CertificateAuthority) -> Self {
+        self.ca = Some(ca);
+        self
+    }
+
+    /// Require this key on the admin API. Without one the admin API answers 401 to everything.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// The URL devices reach the engine at.
+    pub fn public_url(mut self, url: impl Into<String>) -> Self {
+        self.public_url = url.into().trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// Accept client certificates forwarded by a TLS-terminating proxy in this header.
+    pub fn client_cert_header(mut self, name: impl Into<String>) -> Self {
+        self.client_cert_header = Some(name.into());
+        self
+    }
+
+    /// What to do when a device presents a new certificate.
+    pub fn renewal_policy(mut self, policy: RenewalPolicy) -> Self {
+        self.renewal = policy;
+        self
+    }
+
+    /// `UserAuthenticate` behaviour.
+    pub fn user_authenticate(mut self, policy: UserAuthenticatePolicy) -> Self {
+        self.core.user_authenticate = policy;
+        self
+    }
+
+    /// Answer `GetToken` for `service_type` with `service`.
+    pub fn token_service(mut self, service_type: &str, service: Arc<dyn TokenService>) -> Self {
+        self.core
+            .token_services
+            .insert(service_type.to_owned(), service);
+        self
+    }
+
+    /// Largest accepted device request body.
+    pub fn max_body_bytes(mut self, n: usize) -> Self {
+        self.max_body_bytes = n;
+        self
+    }
+
+    /// Most commands queued per enrollment.
+    pub fn max_queue_len(mut self, n: usize) -> Self {
+        self.max_queue_len = n;
+        self
+    }
+
+    /// How long finished commands and events are kept.
+    pub fn retention(mut self, r: RetentionConfig) -> Self {
+        self.retention = r;
+        self
+    }
+
+    /// Send pushes with this pusher (default: none configured; pushes report why).
+    pub fn pusher(mut self, pusher: Arc<dyn Pusher>) -> Self {
+        self.pusher = Some(pusher);
+        self
+    }
+
+    /// Wrap the check-in service with your own middleware. Layers see requests whose identity is
+    /// already verified and pinned, and wrap event recording and the core; the first layer added
+    /// is the outermost.
+    pub fn wrap_mdm(
+        mut self,
+        layer: impl FnOnce(Arc<dyn MdmService>) -> Arc<dyn MdmService> + Send + 'static,
+    ) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    /// Assemble the engine and start its background tasks (needs a Tokio runtime).
+    pub async fn build(self) -> Result<Engine, EngineError> {
+        let store: Arc<dyn Store> = match self.store {
+            Some(s) => s,
+            None => Arc::new(RedbStore::in_memory()?),
+        };
+        let seal = self.seal.unwrap_or_else(SealKey::generate);
+        let ca = match self.ca {
+            Some(ca) => ca,
+            None => {
+                CertificateAuthority::load_or_generate(&*store, &seal, &self.ca_options).await?
+            }
+        };
+        let ca = Arc::new(ca);
+        let header = match &self.client_cert_header {
+            Some(h) => Some(http::HeaderName::try_from(h.as_str()).map_err(|_| {
+                EngineError::Invalid(format!("client_cert_header {h:?} is not a header name"))
+            })?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let last_seen = Arc::new(LastSeen::default());
+        let outbox = Outbox::new(store.clone(), 1024);
+        let pusher = self
+            .pusher
+            .unwrap_or_else(|| Arc::new(Unconfigured::new(store.clone())));
+
+        let core = Core::new(store.clone(), seal.clone(), last_seen.clone(), self.core);
+        let mut service: Arc<dyn MdmService> =
+            Arc::new(Observe::new(core, outbox.clone(), store.clone()));
+        for layer in self.layers.into_iter().rev() {
+            service = layer(service);
+        }
+        let verifier: Arc<dyn IdentityVerifier> = ca.clone();
+        let service: Arc<dyn MdmService> = Arc::new(VerifyIdentity::new(
+            PinIdentity::new(service, store.clone(), self.renewal, Some(outbox.clone())),
+            verifier,
+        ));
+        let commander = Commander::new(
+            store.clone(),
+            store.clone(),
+            pusher.clone(),
+            outbox.clone(),
+            metrics.clone(),
+            self.max_queue_len,
+        );
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(EngineInner {
+            store,
+            ca,
+            outbox,
+            mdm: service,
+            commander,
+            pusher,
+            metrics,
+            last_seen,
+            http: HttpSettings {
+                api_key: self.api_key,
+                client_cert_header: header,
+                max_body_bytes: self.max_body_bytes,
+            },
+            public_url: self.public_url,
+            shutdown,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let engine = Engine { inner };
+        engine.spawn_background(self.retention);
+        Ok(engine)
+    }
+}
+
+impl Engine {
+    /// Start assembling an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// The device endpoints, the admin API (`/v1`) and the operational endpoints as one router.
+    pub fn router(&self) -> axum::Router {
+        crate::http::router(self.inner.clone())
+    }
+
+    /// The check-in service chain (for embedders that speak HTTP themselves).
+    pub fn mdm(&self) -> Arc<dyn MdmService> {
+        self.inner.mdm.clone()
+    }
+
+    /// Enqueue commands and push.
+    pub fn commands(&self) -> &Commander {
+        &self.inner.commander
+    }
+
+    /// The certificate authority devices' identities chain to.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.inner.ca
+    }
+
+    /// The store.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.inner.store.clone()
+    }
+
+    /// Events as they are published (durable copies: [`Engine::events_after`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.outbox.subscribe()
+    }
+
+    /// Durable events with `seq > after`.
+    pub async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.inner.outbox.after(after, limit).await
+    }
+
+    /// The engine's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Stop background tasks and flush pending last-seen times.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Err(err) = self.inner.last_seen.flush(&*self.inner.store).await {
+            tracing::warn!(%err, "could not flush last-seen times at shutdown");
+        }
+    }
+
+    fn spawn_background(&self, retention: RetentionConfig) {
+        let mut tasks = self.inner.tasks.lock().expect("tasks lock");
+        let inner = self.inner.clone();
+        tasks.push(every(
+            &self.inner.shutdown,
+            Duration::from_secs(5),
+            move || {
+                let inner = inner.clone();
+                async move {
+                    if let Err(err) = inner.last_seen.flush(&*inner.store).await {
+                        tracing::warn!(%err, "could not flush last-seen times");
+                    }
+                }
+            },
+        ));
+        let inner = self.inner.clone();
+        tasks.push(every(
+            &self.inner.shutdown,
+            Duration::from_secs(600),
+            move || {
+                let inner = inner.clone();
+                let retention = retention.clone();
+                async move { collect_garbage(&inner, &retention).await }
+            },
+        ));
+    }
+}
+
+async fn collect_garbage(inner: &EngineInner, retention: &RetentionConfig) {
+    let now = time::OffsetDateTime::now_utc();
+    let cutoff = now - time::Duration::days(i64::from(retention.command_days));
+    loop {
+        match inner.store.collect_garbage(cutoff, 1000).await {
+            Ok(1000) => continue,
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(deleted = n, "collected finished commands");
+                }
+                break;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "command garbage collection failed");
+                break;
+            }
+        }
+    }
+    let cutoff = now - time::Duration::days(i64::from(retention.event_days));
+    if let Err(err) = inner.store.prune_events(cutoff).await {
+        tracing::warn!(%err, "event pruning failed");
+    }
+}
+
+/// Run `f` every `period` until shutdown.
+fn every<F, Fut>(shutdown: &watch::Sender<bool>, period: Duration, f: F) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut stop = shutdown.subscribe();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => f().await,
+                _ = stop.changed() => break,
+            }
+        }
+    })
+}

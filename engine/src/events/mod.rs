@@ -1,0 +1,99 @@
+//! The durable event outbox and live subscriptions.
+//!
+//! Services publish [`NewEvent`]s; the [`Outbox`] appends them to the [`EventStore`] (so
+//! `GET /v1/events?after=SEQ` and future webhooks can replay them) and then broadcasts them to
+//! in-process subscribers ([`Outbox::subscribe`]).
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::store::{Event, EventStore, NewEvent, StoreResult};
+use crate::wire::enrollment_id::EnrollmentId;
+
+/// Event kinds the engine emits.
+pub mod kind {
+    /// A device channel sent `Authenticate` (not yet able to receive commands).
+    pub const ENROLLMENT_AUTHENTICATED: &str = "enrollment.authenticated";
+    /// A channel sent `TokenUpdate`.
+    pub const ENROLLMENT_TOKEN_UPDATED: &str = "enrollment.token_updated";
+    /// The first `TokenUpdate` after `Authenticate`: the channel can now receive commands.
+    pub const ENROLLMENT_COMPLETED: &str = "enrollment.completed";
+    /// The device removed its enrollment (`CheckOut`); the listed channels were disabled.
+    pub const ENROLLMENT_CHECKED_OUT: &str = "enrollment.checked_out";
+    /// A device presented a new identity certificate accepted as a renewal.
+    pub const IDENTITY_RENEWED: &str = "identity.renewed";
+    /// A device stored (or cleared) its bootstrap token.
+    pub const BOOTSTRAP_TOKEN_STORED: &str = "bootstrap_token.stored";
+    /// A device escrowed bootstrap token was handed back to it.
+    pub const BOOTSTRAP_TOKEN_RETRIEVED: &str = "bootstrap_token.retrieved";
+    /// A command was enqueued.
+    pub const COMMAND_ENQUEUED: &str = "command.enqueued";
+    /// A device reported a terminal result (`Acknowledged`, `Error`, `CommandFormatError`).
+    pub const COMMAND_RESULT: &str = "command.result";
+    /// A device answered `NotNow`.
+    pub const COMMAND_NOT_NOW: &str = "command.not_now";
+    /// A device reported on a command that is not queued for it (ignored safely).
+    pub const COMMAND_REPORT_UNMATCHED: &str = "command.report_unmatched";
+}
+
+/// Appends events durably, then broadcasts them.
+#[derive(Clone)]
+pub struct Outbox {
+    store: Arc<dyn EventStore>,
+    live: broadcast::Sender<Event>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// An outbox over `store`, buffering up to `capacity` events per slow subscriber.
+    pub fn new(store: Arc<dyn EventStore>, capacity: usize) -> Self {
+        let (live, _) = broadcast::channel(capacity.max(1));
+        Self { store, live }
+    }
+
+    /// Append events durably, then broadcast them. Returns them with sequence numbers.
+    pub async fn publish(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let written = self
+            .store
+            .append_events(events, time::OffsetDateTime::now_utc())
+            .await?;
+        for e in &written {
+            // No subscribers is fine: the outbox is the durable record.
+            let _ = self.live.send(e.clone());
+        }
+        Ok(written)
+    }
+
+    /// Receive events as they are published. A subscriber that falls more than the channel
+    /// capacity behind gets `RecvError::Lagged` and should catch up with [`Outbox::after`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.live.subscribe()
+    }
+
+    /// Durable events with `seq > after`.
+    pub async fn after(&self, after: u64, limit: usize) -> StoreResult<Vec<Event>> {
+        self.store.events_after(after, limit).await
+    }
+}
+
+/// Build a [`NewEvent`].
+pub fn event(
+    kind: &str,
+    enrollment_id: Option<&EnrollmentId>,
+    data: serde_json::Value,
+) -> NewEvent {
+    NewEvent {
+        kind: kind.to_owned(),
+        enrollment_id: enrollment_id.cloned(),
+        data,
+    }
+}

@@ -1,0 +1,41 @@
+//! The admin API under `/v1`, authenticated with the API key.
+
+mod auth;
+mod commands;
+mod enrollments;
+pub mod error;
+mod events;
+mod views;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{delete, get, post, put};
+
+pub use auth::presented_key;
+
+use crate::engine::EngineInner;
+
+pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
+    Router::new()
+        .route("/v1/enqueue/{ids}", put(commands::enqueue_raw))
+        .route("/v1/push/{ids}", get(commands::push).post(commands::push))
+        .route("/v1/commands", post(commands::create))
+        .route("/v1/commands/{uuid}", get(commands::get))
+        .route("/v1/enrollments", get(enrollments::list))
+        .route("/v1/enrollments/{id}", get(enrollments::get))
+        .route("/v1/enrollments/{id}/queue", get(enrollments::queue))
+        .route(
+            "/v1/enrollments/{id}/queue/{uuid}",
+            delete(enrollments::cancel),
+        )
+        .route("/v1/events", get(events::list))
+        .route_layer(axum::middleware::from_fn_with_state(
+            inner.clone(),
+            auth::require_api_key,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            inner.http.max_body_bytes,
+        ))
+        .with_state(inner)
+}

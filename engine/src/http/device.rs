@@ -1,0 +1,184 @@
+//! Device endpoints: check-ins and command reports, with identity extraction.
+//!
+//! - `PUT /mdm/checkin` — check-in messages (the profile's `CheckInURL`).
+//! - `PUT /mdm/connect` — command reports (the profile's `ServerURL`).
+//! - `PUT /mdm` — either, told apart by `Content-Type: application/x-apple-aspen-mdm-checkin`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::put;
+use openssl::x509::X509;
+
+use super::status::device_status;
+use crate::engine::EngineInner;
+use crate::mdm::{CheckinResponse, Identity, IdentitySource, MdmError, Request};
+use crate::wire::checkin::CheckinMessage;
+use crate::wire::client_cert;
+use crate::wire::cms;
+use crate::wire::report::CommandReport;
+
+/// Content type of check-in messages.
+pub const CHECKIN_CONTENT_TYPE: &str = "application/x-apple-aspen-mdm-checkin";
+
+/// A client certificate presented on the engine's own TLS listener (a request extension).
+#[derive(Clone, Debug)]
+pub struct PeerCertificate(pub X509);
+
+pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
+    let limit = inner.http.max_body_bytes;
+    Router::new()
+        .route("/mdm/checkin", put(checkin))
+        .route("/mdm/connect", put(connect))
+        .route("/mdm", put(either))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(inner)
+}
+
+async fn checkin(
+    State(inner): State<Arc<EngineInner>>,
+    peer: Option<axum::Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(&inner, peer.map(|p| p.0), &headers, body, true).await
+}
+
+async fn connect(
+    State(inner): State<Arc<EngineInner>>,
+    peer: Option<axum::Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(&inner, peer.map(|p| p.0), &headers, body, false).await
+}
+
+async fn either(
+    State(inner): State<Arc<EngineInner>>,
+    peer: Option<axum::Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let is_checkin = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(CHECKIN_CONTENT_TYPE));
+    handle(&inner, peer.map(|p| p.0), &headers, body, is_checkin).await
+}
+
+async fn handle(
+    inner: &EngineInner,
+    peer: Option<PeerCertificate>,
+    headers: &HeaderMap,
+    body: Bytes,
+    is_checkin: bool,
+) -> Response {
+    let result = dispatch(inner, peer, headers, &body, is_checkin).await;
+    let response = match result {
+        Ok(r) => r,
+        Err(err) => {
+            let status = device_status(&err);
+            let body_sha256 = hex::encode(openssl::sha::sha256(&body));
+            let signature = headers
+                .get("mdm-signature")
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(64).collect::<String>());
+            if status.is_server_error() {
+                tracing::error!(%err, %status, body_sha256, "device request failed");
+            } else {
+                tracing::warn!(%err, %status, body_sha256, ?signature, "device request refused");
+            }
+            (status, err.to_string()).into_response()
+        }
+    };
+    inner.metrics.device_response(response.status().as_u16());
+    response
+}
+
+async fn dispatch(
+    inner: &EngineInner,
+    peer: Option<PeerCertificate>,
+    headers: &HeaderMap,
+    body: &[u8],
+    is_checkin: bool,
+) -> Result<Response, MdmError> {
+    let identity = identity(inner, peer, headers, body)?;
+    let received_at = time::OffsetDateTime::now_utc();
+    if is_checkin {
+        let msg = CheckinMessage::parse(body).map_err(|e| MdmError::BadRequest(e.to_string()))?;
+        inner.metrics.checkin(msg.body.message_type());
+        let req = Request {
+            identifiers: msg.identifiers,
+            channel: msg.channel,
+            identity,
+            raw: body.to_vec(),
+            received_at,
+        };
+        let response = inner.mdm.checkin(&req, &msg.body).await?;
+        Ok(match response {
+            CheckinResponse::Empty => StatusCode::OK.into_response(),
+            CheckinResponse::Plist(p) => {
+                ([(header::CONTENT_TYPE, "application/xml")], p).into_response()
+            }
+            CheckinResponse::Json(j) => {
+                ([(header::CONTENT_TYPE, "application/json")], j).into_response()
+            }
+        })
+    } else {
+        let report = CommandReport::parse(body).map_err(|e| MdmError::BadRequest(e.to_string()))?;
+        inner.metrics.report(report.status);
+        let req = Request {
+            identifiers: report.identifiers.clone(),
+            channel: report.channel.clone(),
+            identity,
+            raw: body.to_vec(),
+            received_at,
+        };
+        let response = inner.mdm.report(&req, &report).await?;
+        Ok(match response.next {
+            Some(cmd) => {
+                inner.metrics.command_delivered();
+                ([(header::CONTENT_TYPE, "application/xml")], cmd.raw).into_response()
+            }
+            None => StatusCode::OK.into_response(),
+        })
+    }
+}
+
+/// The identity a request presents: `Mdm-Signature`, then the TLS peer certificate, then the
+/// configured proxy header. A present but invalid signature or header is an error, not "none".
+fn identity(
+    inner: &EngineInner,
+    peer: Option<PeerCertificate>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<Identity>, MdmError> {
+    if let Some(sig) = headers.get("mdm-signature") {
+        let sig = sig
+            .to_str()
+            .map_err(|_| MdmError::BadRequest("Mdm-Signature is not ASCII".into()))?;
+        let der = cms::decode_signature_header(sig)
+            .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: {e}")))?;
+        let cert = cms::verify_detached(&der, body)
+            .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: {e}")))?;
+        return Ok(Some(Identity::new(cert, IdentitySource::Signature)));
+    }
+    if let Some(peer) = peer {
+        return Ok(Some(Identity::new(peer.0, IdentitySource::Tls)));
+    }
+    if let Some(name) = &inner.http.client_cert_header
+        && let Some(value) = headers.get(name)
+    {
+        let value = value
+            .to_str()
+            .map_err(|_| MdmError::BadRequest(format!("{name} header is not ASCII")))?;
+        let cert = client_cert::decode_client_cert_header(value)
+            .map_err(|e| MdmError::BadRequest(format!("{name} header: {e}")))?;
+        return Ok(Some(Identity::new(cert, IdentitySource::ProxyHeader)));
+    }
+    Ok(None)
+}

@@ -1,0 +1,23 @@
+//! The HTTP adapter: device endpoints, the admin API and operational endpoints.
+//!
+//! Handlers only translate between HTTP and the services; protocol and business rules live in
+//! [`crate::mdm`] and below. Device-endpoint statuses are decided in [`status`] alone.
+
+pub mod api;
+pub mod device;
+pub mod ops;
+pub mod server;
+pub mod status;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::engine::EngineInner;
+
+pub(crate) fn router(inner: Arc<EngineInner>) -> Router {
+    Router::new()
+        .merge(device::routes(inner.clone()))
+        .merge(api::routes(inner.clone()))
+        .merge(ops::routes(inner))
+}

@@ -1,0 +1,229 @@
+//! The core of the check-in path: protocol semantics over the storage traits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use plist::{Dictionary, Value};
+
+use super::last_seen::LastSeen;
+use super::{CheckinResponse, MdmError, MdmService, ReportResponse, Request, declarative};
+use crate::seal::SealKey;
+use crate::store::{BootstrapStore, EnrollmentStore, NextCommand, QueueStore, ReportRecord, Store};
+use crate::wire::checkin::{CheckinBody, GetToken, to_xml};
+use crate::wire::enrollment_id::{Channel, EnrollmentId};
+use crate::wire::report::{CommandReport, Status};
+
+/// Seal context of bootstrap tokens.
+pub const SEAL_BOOTSTRAP: &str = "bootstrap-token";
+/// Seal context of unlock tokens.
+pub const SEAL_UNLOCK: &str = "unlock-token";
+
+/// What to do with `UserAuthenticate` (macOS network and mobile accounts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserAuthenticatePolicy {
+    /// Answer 410: no user channel for network users (the default).
+    #[default]
+    Decline,
+    /// Accept without a digest challenge check (`DigestChallenge` = "", then 200).
+    Accept,
+}
+
+/// Answers `GetToken` for one `TokenServiceType`.
+#[async_trait]
+pub trait TokenService: Send + Sync {
+    /// Produce the `TokenData` for a device.
+    async fn token(&self, channel: &Channel, request: &GetToken) -> Result<Vec<u8>, MdmError>;
+}
+
+/// Options of the core service.
+#[derive(Clone, Default)]
+pub struct CoreOptions {
+    /// `UserAuthenticate` behaviour.
+    pub user_authenticate: UserAuthenticatePolicy,
+    /// `GetToken` handlers by `TokenServiceType`.
+    pub token_services: HashMap<String, Arc<dyn TokenService>>,
+}
+
+impl std::fmt::Debug for CoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreOptions")
+            .field("user_authenticate", &self.user_authenticate)
+            .field(
+                "token_services",
+                &self.token_services.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// The innermost service: stores check-ins and runs the command queue.
+pub struct Core {
+    enrollments: Arc<dyn EnrollmentStore>,
+    queue: Arc<dyn QueueStore>,
+    bootstrap: Arc<dyn BootstrapStore>,
+    seal: SealKey,
+    last_seen: Arc<LastSeen>,
+    options: CoreOptions,
+}
+
+impl Core {
+    /// A core over `store`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        seal: SealKey,
+        last_seen: Arc<LastSeen>,
+        options: CoreOptions,
+    ) -> Self {
+        Self {
+            enrollments: store.clone(),
+            queue: store.clone(),
+            bootstrap: store,
+            seal,
+            last_seen,
+            options,
+        }
+    }
+
+    fn require_device_channel(req: &Request, what: &str) -> Result<(), MdmError> {
+        if req.channel.kind.is_device() {
+            Ok(())
+        } else {
+            Err(MdmError::BadRequest(format!(
+                "{what} is only valid on a device channel, not {}",
+                req.channel.id
+            )))
+        }
+    }
+
+    fn plist(dict: Dictionary) -> CheckinResponse {
+        CheckinResponse::Plist(to_xml(&Value::Dictionary(dict)))
+    }
+}
+
+#[async_trait]
+impl MdmService for Core {
+    async fn checkin(
+        &self,
+        req: &Request,
+        body: &CheckinBody,
+    ) -> Result<CheckinResponse, MdmError> {
+        let now = req.received_at;
+        let channel = &req.channel;
+        self.last_seen.record(&channel.id, now);
+        match body {
+            CheckinBody::Authenticate(m) => {
+                Self::require_device_channel(req, "Authenticate")?;
+                // A re-enrollment: user channels of the previous enrollment are stale.
+                self.enrollments.disable(&channel.id, now).await?;
+                self.enrollments.store_authenticate(channel, m, now).await?;
+                let mut ids = vec![channel.id.clone()];
+                ids.extend(self.enrollments.user_channels(&channel.id).await?);
+                self.queue.clear_queue(&ids, now).await?;
+                Ok(CheckinResponse::Empty)
+            }
+            CheckinBody::TokenUpdate(m) => {
+                let unlock = m
+                    .unlock_token
+                    .as_ref()
+                    .map(|t| self.seal.seal(SEAL_UNLOCK, t));
+                let names = (
+                    req.identifiers.user_short_name.clone(),
+                    req.identifiers.user_long_name.clone(),
+                );
+                self.enrollments
+                    .store_token_update(channel, m, unlock, names, now)
+                    .await?;
+                Ok(CheckinResponse::Empty)
+            }
+            CheckinBody::CheckOut => {
+                self.enrollments.disable(&channel.id, now).await?;
+                Ok(CheckinResponse::Empty)
+            }
+            CheckinBody::UserAuthenticate(m) => match self.options.user_authenticate {
+                UserAuthenticatePolicy::Decline => Err(MdmError::Declined),
+                UserAuthenticatePolicy::Accept if m.digest_response.is_none() => {
+                    let mut d = Dictionary::new();
+                    d.insert("DigestChallenge".into(), "".into());
+                    Ok(Self::plist(d))
+                }
+                UserAuthenticatePolicy::Accept => Ok(CheckinResponse::Empty),
+            },
+            CheckinBody::SetBootstrapToken(token) => {
+                Self::require_device_channel(req, "SetBootstrapToken")?;
+                let sealed = token.as_ref().map(|t| self.seal.seal(SEAL_BOOTSTRAP, t));
+                self.bootstrap
+                    .store_bootstrap_token(&channel.id, sealed)
+                    .await?;
+                Ok(CheckinResponse::Empty)
+            }
+            CheckinBody::GetBootstrapToken => {
+                Self::require_device_channel(req, "GetBootstrapToken")?;
+                match self.bootstrap.bootstrap_token(&channel.id).await? {
+                    Some(sealed) => {
+                        let token = self.seal.unseal(SEAL_BOOTSTRAP, &sealed)?;
+                        let mut d = Dictionary::new();
+                        d.insert("BootstrapToken".into(), Value::Data(token));
+                        Ok(Self::plist(d))
+                    }
+                    None => Ok(CheckinResponse::Empty),
+                }
+            }
+            CheckinBody::DeclarativeManagement(m) => declarative::respond(m),
+            CheckinBody::GetToken(m) => {
+                let service = self
+                    .options
+                    .token_services
+                    .get(&m.token_service_type)
+                    .ok_or_else(|| {
+                        MdmError::BadRequest(format!(
+                            "no token service for TokenServiceType {:?}",
+                            m.token_service_type
+                        ))
+                    })?;
+                let data = service.token(channel, m).await?;
+                let mut d = Dictionary::new();
+                d.insert("TokenData".into(), Value::Data(data));
+                Ok(Self::plist(d))
+            }
+            CheckinBody::ReturnToService => {
+                let mut rts = Dictionary::new();
+                rts.insert("Enabled".into(), false.into());
+                let mut d = Dictionary::new();
+                d.insert("ReturnToService".into(), rts.into());
+                Ok(Self::plist(d))
+            }
+        }
+    }
+
+    async fn report(
+        &self,
+        req: &Request,
+        report: &CommandReport,
+    ) -> Result<ReportResponse, MdmError> {
+        let id: &EnrollmentId = &req.channel.id;
+        self.last_seen.record(id, req.received_at);
+        let (outcome, mode) = match (report.status, &report.command_uuid) {
+            (Status::Idle, _) => (None, NextCommand::AfterIdle),
+            (status, Some(uuid)) => {
+                let record = ReportRecord {
+                    command_uuid: uuid.clone(),
+                    status,
+                    error_chain: report.error_chain.clone(),
+                    raw: req.raw.clone(),
+                };
+                let outcome = self
+                    .queue
+                    .record_report(id, &record, req.received_at)
+                    .await?;
+                (Some(outcome), NextCommand::AfterReport)
+            }
+            (_, None) => {
+                return Err(MdmError::BadRequest("report without CommandUUID".into()));
+            }
+        };
+        let next = self.queue.next_command(id, mode).await?;
+        Ok(ReportResponse { outcome, next })
+    }
+}

@@ -1,0 +1,306 @@
+//! A load generator: many simulated devices checking in concurrently.
+//!
+//! Devices share one RSA key but each has its own certificate (so each pins its own identity);
+//! request bodies and their signatures are prepared before the timed phase, so the generator
+//! measures the server, not its own signing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use openssl::x509::X509Name;
+use plist::Dictionary;
+use pomona::wire::cms::{SignatureStyle, sign_detached};
+use pomona::wire::command::Command;
+use pomona::wire::enrollment_id::EnrollmentId;
+
+use crate::device::{Device, DeviceIdentity, Transport, xml};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// `Idle` check-ins against empty queues.
+    Idle,
+    /// Command round trips: each request acknowledges one command and receives the next.
+    Roundtrip,
+}
+
+/// How devices authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Auth {
+    /// `Mdm-Signature` (DER, SHA-256, signed attributes), pre-computed.
+    Signature,
+    /// RFC 9440 `Client-Cert` header, as behind a TLS-terminating proxy.
+    Header,
+}
+
+/// Load-generator options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Number of simulated enrolled devices.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Concurrent requests in flight.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Seconds to run (Idle scenario).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Commands queued per device (Roundtrip scenario).
+    #[arg(long, default_value_t = 10)]
+    pub commands_per_device: usize,
+    /// Scenario.
+    #[arg(long, value_enum, default_value = "idle")]
+    pub scenario: Scenario,
+    /// Device authentication.
+    #[arg(long, value_enum, default_value = "signature")]
+    pub auth: Auth,
+}
+
+/// Measured results.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Requests completed successfully.
+    pub ok: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Wall time of the timed phase.
+    pub elapsed: Duration,
+    /// Latency percentiles (p50, p90, p99, max).
+    pub latency: [Duration; 4],
+}
+
+impl Report {
+    /// Successful requests per second.
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "{} ok, {} errors in {:.2} s = {:.0}/s; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.ok,
+            self.errors,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            ms(self.latency[0]),
+            ms(self.latency[1]),
+            ms(self.latency[2]),
+            ms(self.latency[3]),
+        )
+    }
+}
+
+/// A prepared request: body and headers.
+struct Prepared {
+    path: &'static str,
+    content_type: &'static str,
+    body: Vec<u8>,
+    auth: (String, String),
+}
+
+fn auth_header(device: &Device, body: &[u8], auth: Auth) -> anyhow::Result<(String, String)> {
+    Ok(match auth {
+        Auth::Signature => {
+            let sig = sign_detached(
+                body,
+                &device.identity.cert,
+                &device.identity.key,
+                SignatureStyle::DerWithAttributes,
+            )?;
+            ("Mdm-Signature".into(), B64.encode(sig))
+        }
+        Auth::Header => (
+            "X-Client-Cert".into(),
+            format!(":{}:", B64.encode(device.identity.cert.to_der()?)),
+        ),
+    })
+}
+
+fn report_body(udid: &str, status: &str, uuid: Option<&str>) -> Vec<u8> {
+    let mut d = Dictionary::new();
+    d.insert("UDID".into(), udid.into());
+    d.insert("Status".into(), status.into());
+    if let Some(u) = uuid {
+        d.insert("CommandUUID".into(), u.into());
+    }
+    xml(&d)
+}
+
+/// Enroll `n` devices against an in-process engine and run the scenario against `server`.
+pub async fn run(engine: &pomona::Engine, server: &str, opts: &Options) -> anyhow::Result<Report> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.concurrency)
+        .build()?;
+    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+    let public = PKey::public_key_from_der(&key.public_key_to_der()?)?;
+    let mut devices = Vec::with_capacity(opts.devices);
+    for i in 0..opts.devices {
+        let mut name = X509Name::builder()?;
+        name.append_entry_by_text("CN", &format!("loadgen-{i}"))?;
+        let cert = engine.ca().issue_device_cert(&public, &name.build(), 30)?;
+        let mut d = Device::new(
+            DeviceIdentity {
+                key: key.clone(),
+                cert,
+            },
+            server,
+            client.clone(),
+        );
+        if opts.auth == Auth::Header {
+            d.transport = Transport::ProxyHeader("X-Client-Cert".into());
+        }
+        devices.push(d);
+    }
+    // Enroll with bounded concurrency.
+    futures::future::try_join_all(devices.chunks(64).map(|chunk| async move {
+        for d in chunk {
+            d.enroll().await?;
+        }
+        anyhow::Ok(())
+    }))
+    .await
+    .context("enrolling devices")?;
+
+    // Prepare every request of the timed phase.
+    let mut scripts: Vec<Vec<Prepared>> = Vec::with_capacity(devices.len());
+    for d in &devices {
+        let mut script = Vec::new();
+        match opts.scenario {
+            Scenario::Idle => {
+                let body = report_body(&d.udid, "Idle", None);
+                let auth = auth_header(d, &body, opts.auth)?;
+                script.push(Prepared {
+                    path: "/mdm/connect",
+                    content_type: "application/x-apple-aspen-mdm",
+                    body,
+                    auth,
+                });
+            }
+            Scenario::Roundtrip => {
+                let id = EnrollmentId::new(d.udid.as_str());
+                for n in 0..opts.commands_per_device {
+                    let uuid = format!("LG-{}-{n}", d.udid);
+                    let cmd = Command::build(uuid.clone(), "ProfileList", Dictionary::new());
+                    engine
+                        .store()
+                        .enqueue(
+                            &cmd,
+                            std::slice::from_ref(&id),
+                            usize::MAX,
+                            time::OffsetDateTime::now_utc(),
+                        )
+                        .await?;
+                    let body = report_body(&d.udid, "Acknowledged", Some(&uuid));
+                    let auth = auth_header(d, &body, opts.auth)?;
+                    script.push(Prepared {
+                        path: "/mdm/connect",
+                        content_type: "application/x-apple-aspen-mdm",
+                        body,
+                        auth,
+                    });
+                }
+            }
+        }
+        scripts.push(script);
+    }
+    let scripts = Arc::new(scripts);
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let next_device = Arc::new(AtomicU64::new(0));
+    let deadline = Duration::from_secs(opts.seconds);
+    let start = Instant::now();
+    let workers: Vec<_> = (0..opts.concurrency)
+        .map(|_| {
+            let (scripts, ok, errors, stop, next_device, client) = (
+                scripts.clone(),
+                ok.clone(),
+                errors.clone(),
+                stop.clone(),
+                next_device.clone(),
+                client.clone(),
+            );
+            let server = server.to_owned();
+            let scenario = opts.scenario;
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let i = next_device.fetch_add(1, Ordering::Relaxed) as usize;
+                    let script = match scenario {
+                        Scenario::Idle => &scripts[i % scripts.len()],
+                        Scenario::Roundtrip if i < scripts.len() => &scripts[i],
+                        Scenario::Roundtrip => break,
+                    };
+                    for p in script {
+                        let t0 = Instant::now();
+                        let r = client
+                            .put(format!("{server}{}", p.path))
+                            .header("Content-Type", p.content_type)
+                            .header(p.auth.0.as_str(), p.auth.1.as_str())
+                            .body(p.body.clone())
+                            .send()
+                            .await;
+                        let good = match r {
+                            Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
+                            _ => false,
+                        };
+                        latencies.push(t0.elapsed());
+                        if good {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if scenario == Scenario::Idle && start.elapsed() >= deadline {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await?);
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Ok(Report {
+        ok: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latency: [
+            pct(0.50),
+            pct(0.90),
+            pct(0.99),
+            all.last().copied().unwrap_or_default(),
+        ],
+    })
+}
+
+/// Check that the Roundtrip scenario left nothing behind: every command acknowledged.
+pub async fn verify_drained(engine: &pomona::Engine, udids: &[String]) -> anyhow::Result<()> {
+    for u in udids {
+        let q = engine.store().queue(&EnrollmentId::new(u.as_str())).await?;
+        anyhow::ensure!(q.is_empty(), "{u} still has {} queued", q.len());
+    }
+    Ok(())
+}

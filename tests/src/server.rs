@@ -1,0 +1,187 @@
+//! Running Pomona for tests: in-process, or as the real `pomona serve` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use pomona::{Engine, EngineBuilder};
+use tokio::sync::oneshot;
+
+use crate::api::ApiClient;
+use crate::device::{Device, DeviceIdentity};
+
+/// The API key test servers use.
+pub const TEST_API_KEY: &str = "pomona-test-api-key-0123456789";
+
+/// An engine serving on an ephemeral loopback port inside the test process.
+pub struct TestServer {
+    /// The engine.
+    pub engine: Engine,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// A shared HTTP client.
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Start an engine with defaults (in-memory store, test API key).
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|b| b).await
+    }
+
+    /// Start an engine, letting `configure` adjust the builder.
+    pub async fn start_with(
+        configure: impl FnOnce(EngineBuilder) -> EngineBuilder,
+    ) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let builder = configure(
+            Engine::builder()
+                .api_key(TEST_API_KEY)
+                .public_url(&url)
+                .client_cert_header("X-Client-Cert"),
+        );
+        let engine = builder.build().await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = engine.router();
+        let task = tokio::spawn(async move {
+            let _ = pomona::http::server::serve(listener, router, None, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Ok(Self {
+            engine,
+            url,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// A new simulated device with an identity issued by this engine's CA.
+    pub fn device(&self) -> anyhow::Result<Device> {
+        let identity = DeviceIdentity::issue(self.engine.ca(), "pomona-test-device")?;
+        Ok(Device::new(identity, &self.url, self.client.clone()))
+    }
+
+    /// An admin API client with the right key.
+    pub fn api(&self) -> ApiClient {
+        ApiClient::new(&self.url, TEST_API_KEY, self.client.clone())
+    }
+
+    /// Stop serving and shut the engine down.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self.engine.shutdown().await;
+    }
+}
+
+/// Path of a binary built next to the running test executable (`target/<profile>/NAME`).
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("test executable has a directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps has a parent")?;
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build it first (cargo build -p pomona)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The real `pomona serve` binary running as a child process.
+pub struct ServeProcess {
+    /// The child.
+    pub child: tokio::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+}
+
+impl ServeProcess {
+    /// Start `pomona serve` on a free port with `data_dir`, extra environment and arguments,
+    /// and wait until `/health` answers.
+    pub async fn start(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let mut cmd = tokio::process::Command::new(sibling_binary("pomona")?);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--public-url")
+            .arg(&url)
+            .args(extra_args)
+            .env("POMONA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("spawning pomona serve")?;
+        let mut p = Self {
+            child,
+            url,
+            data_dir: data_dir.to_owned(),
+        };
+        p.wait_healthy().await?;
+        Ok(p)
+    }
+
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("pomona serve exited early with {status}");
+            }
+            if let Ok(r) = client.get(format!("{}/health", self.url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("pomona serve did not become healthy within 10 s")
+    }
+
+    /// Kill the process with SIGKILL (no shutdown work at all).
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    /// Ask the process to stop (SIGTERM) and wait for it.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .context("running kill -TERM")?;
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await??)
+    }
+}
