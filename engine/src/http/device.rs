@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -30,12 +30,13 @@ pub const CHECKIN_CONTENT_TYPE: &str = "application/x-apple-aspen-mdm-checkin";
 pub struct PeerCertificate(pub X509);
 
 pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
-    let limit = inner.http.max_body_bytes;
     Router::new()
         .route("/mdm/checkin", put(checkin))
         .route("/mdm/connect", put(connect))
         .route("/mdm", put(either))
-        .layer(DefaultBodyLimit::max(limit))
+        // The body is read with the configured cap in `handle`, so an oversized body is a 400
+        // like any other unacceptable body.
+        .layer(DefaultBodyLimit::disable())
         .with_state(inner)
 }
 
@@ -43,7 +44,7 @@ async fn checkin(
     State(inner): State<Arc<EngineInner>>,
     peer: Option<axum::Extension<PeerCertificate>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     handle(&inner, peer.map(|p| p.0), &headers, body, true).await
 }
@@ -52,7 +53,7 @@ async fn connect(
     State(inner): State<Arc<EngineInner>>,
     peer: Option<axum::Extension<PeerCertificate>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     handle(&inner, peer.map(|p| p.0), &headers, body, false).await
 }
@@ -61,7 +62,7 @@ async fn either(
     State(inner): State<Arc<EngineInner>>,
     peer: Option<axum::Extension<PeerCertificate>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let is_checkin = headers
         .get(header::CONTENT_TYPE)
@@ -74,10 +75,22 @@ async fn handle(
     inner: &EngineInner,
     peer: Option<PeerCertificate>,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Body,
     is_checkin: bool,
 ) -> Response {
-    let result = dispatch(inner, peer, headers, &body, is_checkin).await;
+    let limit = inner.http.max_body_bytes;
+    let (body, result) = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => {
+            let result = dispatch(inner, peer, headers, &body, is_checkin).await;
+            (body, result)
+        }
+        Err(_) => (
+            Default::default(),
+            Err(MdmError::BadRequest(format!(
+                "body is larger than {limit} bytes or was cut off"
+            ))),
+        ),
+    };
     let response = match result {
         Ok(r) => r,
         Err(err) => {
@@ -182,3 +195,7 @@ fn identity(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;
