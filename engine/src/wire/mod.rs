@@ -8,6 +8,8 @@ pub mod checkin;
 pub mod client_cert;
 pub mod cms;
 pub mod command;
+pub mod der;
 pub mod enrollment_id;
 pub mod plist_json;
 pub mod report;
+pub mod scep;
