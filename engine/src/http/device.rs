@@ -176,9 +176,20 @@ fn identity(
             .map_err(|_| MdmError::BadRequest("Mdm-Signature is not ASCII".into()))?;
         let der = cms::decode_signature_header(sig)
             .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: {e}")))?;
-        let cert = cms::verify_detached(&der, body)
+        let parsed = cms::DetachedSignature::parse(&der)
             .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: {e}")))?;
-        return Ok(Some(Identity::new(cert, IdentitySource::Signature)));
+        let signer = inner
+            .certs
+            .get(parsed.signer_cert_der)
+            .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: signer {e}")))?;
+        parsed
+            .verify(body, &signer.key)
+            .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: {e}")))?;
+        return Ok(Some(Identity::with_hash(
+            signer.cert.clone(),
+            signer.hash,
+            IdentitySource::Signature,
+        )));
     }
     if let Some(peer) = peer {
         return Ok(Some(Identity::new(peer.0, IdentitySource::Tls)));
@@ -189,9 +200,17 @@ fn identity(
         let value = value
             .to_str()
             .map_err(|_| MdmError::BadRequest(format!("{name} header is not ASCII")))?;
-        let cert = client_cert::decode_client_cert_header(value)
+        let der = client_cert::decode_client_cert_der(value)
             .map_err(|e| MdmError::BadRequest(format!("{name} header: {e}")))?;
-        return Ok(Some(Identity::new(cert, IdentitySource::ProxyHeader)));
+        let cert = inner
+            .certs
+            .get(&der)
+            .map_err(|e| MdmError::BadRequest(format!("{name} header: {e}")))?;
+        return Ok(Some(Identity::with_hash(
+            cert.cert.clone(),
+            cert.hash,
+            IdentitySource::ProxyHeader,
+        )));
     }
     Ok(None)
 }

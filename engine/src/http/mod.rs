@@ -4,6 +4,7 @@
 //! [`crate::mdm`] and below. Device-endpoint statuses are decided in [`status`] alone.
 
 pub mod api;
+mod cert_cache;
 pub mod device;
 pub mod ops;
 pub mod server;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use axum::Router;
 
 use crate::engine::EngineInner;
+pub(crate) use cert_cache::CertCache;
 
 pub(crate) fn router(inner: Arc<EngineInner>) -> Router {
     Router::new()

@@ -43,6 +43,11 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Wrap a presented certificate whose DER hash is already known.
+    pub fn with_hash(cert: X509, hash: CertHash, source: IdentitySource) -> Self {
+        Self { cert, hash, source }
+    }
+
     /// Wrap a presented certificate.
     pub fn new(cert: X509, source: IdentitySource) -> Self {
         let der = cert.to_der().expect("a parsed certificate re-encodes");

@@ -35,6 +35,12 @@ const END: &str = "-----END CERTIFICATE-----";
 
 /// Decode a forwarded client certificate header value.
 pub fn decode_client_cert_header(value: &str) -> Result<X509, ClientCertError> {
+    let der = decode_client_cert_der(value)?;
+    X509::from_der(&der).map_err(|e| ClientCertError::NotCertificate(e.to_string()))
+}
+
+/// Decode a forwarded client certificate header value to DER bytes, without parsing them.
+pub fn decode_client_cert_der(value: &str) -> Result<Vec<u8>, ClientCertError> {
     let v = value.trim();
     if v.is_empty() || v == "(null)" || v == "-" {
         return Err(ClientCertError::Empty);
@@ -51,7 +57,7 @@ pub fn decode_client_cert_header(value: &str) -> Result<X509, ClientCertError> {
     } else {
         b64(v)?
     };
-    X509::from_der(&der).map_err(|e| ClientCertError::NotCertificate(e.to_string()))
+    Ok(der)
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, ClientCertError> {

@@ -11,16 +11,18 @@
 //! Verification here is cryptographic only; the caller verifies the signer's chain.
 
 use std::ffi::c_int;
-use std::sync::OnceLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use foreign_types::{ForeignType, ForeignTypeRef};
+use openssl::hash::{MessageDigest, hash};
 use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
-use openssl::pkey::{PKeyRef, Private};
+use openssl::pkey::{PKeyRef, Private, Public};
+use openssl::sign::Verifier;
 use openssl::stack::Stack;
-use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::{X509, X509Ref};
+
+use super::der::{self, Tlv};
 
 /// Errors verifying or producing a detached CMS signature.
 #[derive(Debug, thiserror::Error)]
@@ -60,40 +62,208 @@ pub fn decode_signature_header(value: &str) -> Result<Vec<u8>, CmsError> {
     B64.decode(compact).map_err(|_| CmsError::Base64)
 }
 
-fn empty_store() -> &'static X509Store {
-    static STORE: OnceLock<X509Store> = OnceLock::new();
-    STORE.get_or_init(|| {
-        X509StoreBuilder::new()
-            .expect("allocating an X509 store")
-            .build()
-    })
+/// A parsed detached SignedData with exactly one signer, ready to verify against its key.
+///
+/// Parsing is pure DER/BER walking (no certificate or key decoding), so a caller can look the
+/// signer certificate up in a cache before paying for OpenSSL's decoders.
+#[derive(Clone)]
+pub struct DetachedSignature<'a> {
+    /// DER of the signer's certificate, as carried in the signature.
+    pub signer_cert_der: &'a [u8],
+    digest: MessageDigest,
+    signed_attributes: Option<Vec<u8>>,
+    message_digest: Option<&'a [u8]>,
+    signature: &'a [u8],
+}
+
+impl std::fmt::Debug for DetachedSignature<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetachedSignature")
+            .field("signer_cert_der_len", &self.signer_cert_der.len())
+            .field("signed_attributes", &self.signed_attributes.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+const OID_SIGNED_DATA: &str = "1.2.840.113549.1.7.2";
+const OID_MESSAGE_DIGEST: &str = "1.2.840.113549.1.9.4";
+
+fn malformed(what: &str) -> CmsError {
+    CmsError::Malformed(what.to_owned())
+}
+
+fn digest_for(oid: &[u8]) -> Result<MessageDigest, CmsError> {
+    let table = [
+        ("1.3.14.3.2.26", MessageDigest::sha1()),
+        ("2.16.840.1.101.3.4.2.4", MessageDigest::sha224()),
+        ("2.16.840.1.101.3.4.2.1", MessageDigest::sha256()),
+        ("2.16.840.1.101.3.4.2.2", MessageDigest::sha384()),
+        ("2.16.840.1.101.3.4.2.3", MessageDigest::sha512()),
+    ];
+    table
+        .iter()
+        .find(|(dotted, _)| der::oid(dotted) == oid)
+        .map(|(_, md)| *md)
+        .ok_or_else(|| {
+            CmsError::Malformed(format!("unsupported digest algorithm {}", hex::encode(oid)))
+        })
+}
+
+/// (issuer Name, serial INTEGER) encodings of a certificate, for matching a SignerInfo.
+fn issuer_and_serial(cert: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (c, _) = Tlv::read(cert).ok()?;
+    let tbs = c.children().ok()?.into_iter().next()?;
+    let fields = tbs.children().ok()?;
+    let skip = usize::from(fields.first()?.tag == 0xa0);
+    Some((fields.get(skip + 2)?.raw, fields.get(skip)?.raw))
+}
+
+impl<'a> DetachedSignature<'a> {
+    /// Parse a detached SignedData (DER or indefinite-length BER).
+    pub fn parse(signature: &'a [u8]) -> Result<Self, CmsError> {
+        let (ci, _) = Tlv::read(signature).map_err(|e| CmsError::Malformed(e.to_string()))?;
+        let ci = ci
+            .children()
+            .map_err(|e| CmsError::Malformed(e.to_string()))?;
+        match ci.first() {
+            Some(t) if t.raw == der::oid(OID_SIGNED_DATA).as_slice() => {}
+            _ => return Err(malformed("not a SignedData")),
+        }
+        let wrapper = ci
+            .get(1)
+            .filter(|t| t.tag == 0xa0)
+            .ok_or_else(|| malformed("SignedData content missing"))?;
+        let (sd, _) = Tlv::read(wrapper.value).map_err(|e| CmsError::Malformed(e.to_string()))?;
+        let sd = sd
+            .children()
+            .map_err(|e| CmsError::Malformed(e.to_string()))?;
+        // Any encapsulated content is ignored: the signature is checked against the HTTP body
+        // (OpenSSL's streaming output even carries an empty one in detached signatures).
+        let certs = sd
+            .iter()
+            .find(|t| t.tag == 0xa0)
+            .ok_or(CmsError::NoSigner)?;
+        let certs = certs
+            .children()
+            .map_err(|e| CmsError::Malformed(e.to_string()))?;
+        let infos = sd
+            .last()
+            .filter(|t| t.tag == der::SET)
+            .ok_or_else(|| malformed("no signerInfos"))?;
+        let infos = infos
+            .children()
+            .map_err(|e| CmsError::Malformed(e.to_string()))?;
+        let info = match infos.len() {
+            0 => return Err(CmsError::NoSigner),
+            1 => &infos[0],
+            n => return Err(CmsError::MultipleSigners(n)),
+        };
+        let f = info
+            .children()
+            .map_err(|e| CmsError::Malformed(e.to_string()))?;
+        let sid = f
+            .get(1)
+            .ok_or_else(|| malformed("SignerInfo without signer identifier"))?;
+        let signer_cert_der = if certs.len() == 1 {
+            certs[0].raw
+        } else {
+            let sid_parts = sid
+                .children()
+                .map_err(|e| CmsError::Malformed(e.to_string()))?;
+            let (issuer, serial) = match (sid_parts.first(), sid_parts.get(1)) {
+                (Some(i), Some(s)) if sid.tag == der::SEQUENCE => (i.raw, s.raw),
+                _ => return Err(CmsError::NoSigner),
+            };
+            certs
+                .iter()
+                .find(|c| issuer_and_serial(c.raw) == Some((issuer, serial)))
+                .ok_or(CmsError::NoSigner)?
+                .raw
+        };
+        let digest_alg = f
+            .get(2)
+            .ok_or_else(|| malformed("SignerInfo without digest algorithm"))?;
+        let digest_oid = digest_alg
+            .children()
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .ok_or_else(|| malformed("empty digest algorithm"))?;
+        let digest = digest_for(digest_oid.raw)?;
+        let (signed_attributes, message_digest, rest) = match f.get(3) {
+            Some(attrs) if attrs.tag == 0xa0 => {
+                let children = attrs
+                    .children()
+                    .map_err(|e| CmsError::Malformed(e.to_string()))?;
+                let mut md = None;
+                for a in &children {
+                    let parts = a
+                        .children()
+                        .map_err(|e| CmsError::Malformed(e.to_string()))?;
+                    if parts.first().map(|o| o.raw) == Some(der::oid(OID_MESSAGE_DIGEST).as_slice())
+                    {
+                        md = parts
+                            .get(1)
+                            .and_then(|set| set.children().ok())
+                            .and_then(|v| v.into_iter().next())
+                            .map(|v| v.value);
+                    }
+                }
+                let encoded: Vec<u8> = children
+                    .iter()
+                    .flat_map(|c| c.raw.iter().copied())
+                    .collect();
+                (Some(der::tlv(der::SET, &encoded)), md, &f[4..])
+            }
+            _ => (None, None, &f[3..]),
+        };
+        let signature = rest
+            .get(1)
+            .filter(|t| t.tag == der::OCTET_STRING)
+            .ok_or_else(|| malformed("SignerInfo without signature"))?
+            .value;
+        if signed_attributes.is_some() && message_digest.is_none() {
+            return Err(malformed("signed attributes lack messageDigest"));
+        }
+        Ok(Self {
+            signer_cert_der,
+            digest,
+            signed_attributes,
+            message_digest,
+            signature,
+        })
+    }
+
+    /// Verify the signature over `content` with the signer's public key.
+    pub fn verify(&self, content: &[u8], key: &PKeyRef<Public>) -> Result<(), CmsError> {
+        let bad = |m: &str| CmsError::BadSignature(m.to_owned());
+        let mut verifier = Verifier::new(self.digest, key).map_err(|e| bad(&e.to_string()))?;
+        match (&self.signed_attributes, self.message_digest) {
+            (Some(attrs), Some(expected)) => {
+                let actual = hash(self.digest, content).map_err(|e| bad(&e.to_string()))?;
+                if actual.as_ref() != expected {
+                    return Err(bad("messageDigest does not match the body"));
+                }
+                verifier.update(attrs).map_err(|e| bad(&e.to_string()))?;
+            }
+            _ => verifier.update(content).map_err(|e| bad(&e.to_string()))?,
+        }
+        match verifier.verify(self.signature) {
+            Ok(true) => Ok(()),
+            _ => Err(bad("the signature value does not verify")),
+        }
+    }
 }
 
 /// Verify a detached signature (DER or BER) over `content`; return the signer's certificate.
 pub fn verify_detached(signature: &[u8], content: &[u8]) -> Result<X509, CmsError> {
-    let p7 = Pkcs7::from_der(signature).map_err(|e| CmsError::Malformed(first_reason(&e)))?;
-    if p7.signed().is_none() {
-        return Err(CmsError::Malformed("not a SignedData".into()));
-    }
-    let none = Stack::new().map_err(|e| CmsError::Malformed(e.to_string()))?;
-    let signers = p7
-        .signers(&none, Pkcs7Flags::empty())
-        .map_err(|_| CmsError::NoSigner)?;
-    match signers.len() {
-        0 => return Err(CmsError::NoSigner),
-        1 => {}
-        n => return Err(CmsError::MultipleSigners(n)),
-    }
-    let signer = signers.get(0).expect("one signer").to_owned();
-    p7.verify(
-        &none,
-        empty_store(),
-        Some(content),
-        None,
-        Pkcs7Flags::NOVERIFY | Pkcs7Flags::BINARY,
-    )
-    .map_err(|e| CmsError::BadSignature(first_reason(&e)))?;
-    Ok(signer)
+    let parsed = DetachedSignature::parse(signature)?;
+    let cert = X509::from_der(parsed.signer_cert_der)
+        .map_err(|e| CmsError::Malformed(format!("signer certificate: {}", first_reason(&e))))?;
+    let key = cert
+        .public_key()
+        .map_err(|e| CmsError::Malformed(format!("signer key: {}", first_reason(&e))))?;
+    parsed.verify(content, &key)?;
+    Ok(cert)
 }
 
 fn first_reason(e: &openssl::error::ErrorStack) -> String {
