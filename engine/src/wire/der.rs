@@ -231,8 +231,7 @@ mod tests {
             Tlv::read(&[0x30, 0x80, 0x02, 0x01]),
             Err(DerError::Truncated)
         );
-        let hostile: Vec<u8> = std::iter::repeat([0x30, 0x80])
-            .take(10_000)
+        let hostile: Vec<u8> = std::iter::repeat_n([0x30, 0x80], 10_000)
             .flatten()
             .collect();
         assert!(matches!(Tlv::read(&hostile), Err(DerError::Unsupported(_))));

@@ -417,8 +417,11 @@ fn signer_digest(der_bytes: &[u8]) -> Result<Digest, ScepError> {
     Ok(Digest::from_oid(oid.raw))
 }
 
-/// Signed attributes of the first SignerInfo as (encoded OID, encoded first value).
-fn signed_attributes(der_bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ScepError> {
+/// An attribute as (encoded OID, encoded first value).
+type Attribute = (Vec<u8>, Vec<u8>);
+
+/// Signed attributes of the first SignerInfo.
+fn signed_attributes(der_bytes: &[u8]) -> Result<Vec<Attribute>, ScepError> {
     let si = first_signer_info(der_bytes)?;
     let Some(attrs) = si.iter().find(|t| t.tag == 0xa0) else {
         return Ok(Vec::new());
