@@ -59,6 +59,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The certificate authority.
     pub ca: CaConfig,
+    /// The SCEP server.
+    pub scep: ScepConfig,
     /// Check-in protocol behaviour.
     pub mdm: MdmConfig,
     /// How long finished work is kept.
@@ -76,6 +78,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             identity: IdentityConfig::default(),
             ca: CaConfig::default(),
+            scep: ScepConfig::default(),
             mdm: MdmConfig::default(),
             retention: RetentionConfig::default(),
         }
@@ -145,6 +148,26 @@ impl Default for CaConfig {
             key_bits: 2048,
             validity_days: 3650,
             device_cert_validity_days: 365,
+        }
+    }
+}
+
+/// `[scep]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScepConfig {
+    /// A static challenge any SCEP client may use. Unset: only one-time challenges, minted per
+    /// enrollment-profile download, are accepted.
+    pub challenge: Option<String>,
+    /// Lifetime of one-time challenges, in seconds.
+    pub challenge_ttl_secs: u32,
+}
+
+impl Default for ScepConfig {
+    fn default() -> Self {
+        Self {
+            challenge: None,
+            challenge_ttl_secs: 3600,
         }
     }
 }
@@ -234,6 +257,7 @@ impl Config {
                 "CLIENT_CERT_HEADER" => self.identity.client_cert_header = Some(value.clone()),
                 "CA_CERT_FILE" => self.ca.cert_file = some_path(),
                 "CA_KEY_FILE" => self.ca.key_file = some_path(),
+                "SCEP_CHALLENGE" => self.scep.challenge = Some(value.clone()),
                 _ => {}
             }
         }

@@ -34,6 +34,7 @@ use crate::mdm::{
 };
 use crate::metrics::Metrics;
 use crate::push::{Pusher, Unconfigured};
+use crate::scep::{ScepOptions, ScepService};
 use crate::seal::{SealError, SealKey};
 use crate::store::redb::RedbStore;
 use crate::store::{Event, Store, StoreError};
@@ -78,6 +79,7 @@ pub(crate) struct EngineInner {
     pub outbox: Outbox,
     pub mdm: Arc<dyn MdmService>,
     pub commander: Commander,
+    pub scep: ScepService,
     pub pusher: Arc<dyn Pusher>,
     pub metrics: Arc<Metrics>,
     pub last_seen: Arc<LastSeen>,
@@ -118,6 +120,7 @@ pub struct EngineBuilder {
     max_body_bytes: usize,
     max_queue_len: usize,
     retention: RetentionConfig,
+    scep: ScepOptions,
     pusher: Option<Arc<dyn Pusher>>,
     layers: Vec<Layer>,
 }
@@ -138,6 +141,7 @@ impl Default for EngineBuilder {
             max_body_bytes: defaults.mdm.max_body_bytes,
             max_queue_len: defaults.mdm.max_queue_len,
             retention: defaults.retention,
+            scep: ScepOptions::default(),
             pusher: None,
             layers: Vec::new(),
         }
@@ -173,7 +177,12 @@ impl EngineBuilder {
             .user_authenticate(config.mdm.user_authenticate)
             .max_body_bytes(config.mdm.max_body_bytes)
             .max_queue_len(config.mdm.max_queue_len)
-            .retention(config.retention.clone());
+            .retention(config.retention.clone())
+            .scep_options(ScepOptions {
+                static_challenge: config.scep.challenge.clone(),
+                validity_days: config.ca.device_cert_validity_days,
+                challenge_ttl_secs: config.scep.challenge_ttl_secs,
+            });
         b.ca_options = CaOptions {
             key_bits: config.ca.key_bits,
             validity_days: config.ca.validity_days,
@@ -265,6 +274,12 @@ impl EngineBuilder {
         self
     }
 
+    /// SCEP challenge policy and certificate validity.
+    pub fn scep_options(mut self, options: ScepOptions) -> Self {
+        self.scep = options;
+        self
+    }
+
     /// Send pushes with this pusher (default: none configured; pushes report why).
     pub fn pusher(mut self, pusher: Arc<dyn Pusher>) -> Self {
         self.pusher = Some(pusher);
@@ -328,6 +343,13 @@ impl EngineBuilder {
             metrics.clone(),
             self.max_queue_len,
         );
+        let scep = ScepService::new(
+            ca.clone(),
+            store.clone(),
+            store.clone(),
+            outbox.clone(),
+            self.scep,
+        );
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(EngineInner {
             store,
@@ -335,6 +357,7 @@ impl EngineBuilder {
             outbox,
             mdm: service,
             commander,
+            scep,
             pusher,
             metrics,
             last_seen,
@@ -373,6 +396,11 @@ impl Engine {
     /// Enqueue commands and push.
     pub fn commands(&self) -> &Commander {
         &self.inner.commander
+    }
+
+    /// The SCEP service (one-time challenges for enrollment flows).
+    pub fn scep(&self) -> &ScepService {
+        &self.inner.scep
     }
 
     /// The certificate authority devices' identities chain to.
@@ -457,6 +485,9 @@ async fn collect_garbage(inner: &EngineInner, retention: &RetentionConfig) {
                 break;
             }
         }
+    }
+    if let Err(err) = inner.scep.prune_challenges().await {
+        tracing::warn!(%err, "challenge pruning failed");
     }
     let cutoff = now - time::Duration::days(i64::from(retention.event_days));
     if let Err(err) = inner.store.prune_events(cutoff).await {

@@ -20,6 +20,7 @@ pub mod http;
 pub mod mdm;
 pub mod metrics;
 pub mod push;
+pub mod scep;
 pub mod seal;
 pub mod store;
 pub mod wire;

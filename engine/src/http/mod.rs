@@ -7,6 +7,7 @@ pub mod api;
 mod cert_cache;
 pub mod device;
 pub mod ops;
+pub mod scep;
 pub mod server;
 pub mod status;
 
@@ -21,5 +22,6 @@ pub(crate) fn router(inner: Arc<EngineInner>) -> Router {
     Router::new()
         .merge(device::routes(inner.clone()))
         .merge(api::routes(inner.clone()))
+        .merge(scep::routes(inner.clone()))
         .merge(ops::routes(inner))
 }

@@ -100,6 +100,38 @@ pub async fn run_all<S: Store>(store: &S) {
     garbage_collection(store).await;
     events_bootstrap_secrets(store).await;
     listing(store).await;
+    challenges(store).await;
+}
+
+async fn challenges<S: Store>(store: &S) {
+    let later = now() + Duration::hours(1);
+    store.put_challenge("one-time", later).await.unwrap();
+    assert_eq!(
+        store.consume_challenge("one-time", now()).await.unwrap(),
+        ChallengeStatus::Accepted
+    );
+    assert_eq!(
+        store.consume_challenge("one-time", now()).await.unwrap(),
+        ChallengeStatus::AlreadyUsed,
+        "replay refused"
+    );
+    assert_eq!(
+        store.consume_challenge("never", now()).await.unwrap(),
+        ChallengeStatus::Unknown
+    );
+    store
+        .put_challenge("stale", now() - Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.consume_challenge("stale", now()).await.unwrap(),
+        ChallengeStatus::Expired
+    );
+    assert!(store.prune_challenges(now()).await.unwrap() >= 1);
+    assert_eq!(
+        store.consume_challenge("stale", now()).await.unwrap(),
+        ChallengeStatus::Unknown
+    );
 }
 
 /// Reference §5, verbatim.

@@ -212,6 +212,36 @@ pub trait SecretStore: Send + Sync {
     async fn put_secret(&self, name: &str, sealed: Vec<u8>) -> StoreResult<()>;
 }
 
+/// Outcome of consuming a one-time SCEP challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeStatus {
+    /// It existed, was unused and unexpired; it is now used.
+    Accepted,
+    /// No such challenge.
+    Unknown,
+    /// It expired before use.
+    Expired,
+    /// It was already used (replay).
+    AlreadyUsed,
+}
+
+/// One-time SCEP challenges (stored as hashes, never in clear).
+#[async_trait]
+pub trait ChallengeStore: Send + Sync {
+    /// Remember a challenge until `expires_at`.
+    async fn put_challenge(&self, challenge: &str, expires_at: Timestamp) -> StoreResult<()>;
+
+    /// Use a challenge once.
+    async fn consume_challenge(
+        &self,
+        challenge: &str,
+        now: Timestamp,
+    ) -> StoreResult<ChallengeStatus>;
+
+    /// Forget challenges that expired before `before`. Returns how many.
+    async fn prune_challenges(&self, before: Timestamp) -> StoreResult<u64>;
+}
+
 /// A backend that implements every store trait.
 pub trait Store:
     EnrollmentStore
@@ -221,6 +251,7 @@ pub trait Store:
     + BootstrapStore
     + EventStore
     + SecretStore
+    + ChallengeStore
     + 'static
 {
 }
@@ -233,6 +264,7 @@ impl<T> Store for T where
         + BootstrapStore
         + EventStore
         + SecretStore
+        + ChallengeStore
         + 'static
 {
 }

@@ -773,6 +773,31 @@ pub fn build_csr(
     X509Req::from_der(&csr).map_err(build_err)
 }
 
+/// Client side: the throw-away self-signed certificate a requester signs `PKCSReq` with.
+pub fn self_signed_requester(key: &PKeyRef<Private>, common_name: &str) -> Result<X509, ScepError> {
+    let mut name = openssl::x509::X509Name::builder().map_err(build_err)?;
+    name.append_entry_by_text("CN", common_name)
+        .map_err(build_err)?;
+    let name = name.build();
+    let mut serial = openssl::bn::BigNum::new().map_err(build_err)?;
+    serial
+        .rand(64, openssl::bn::MsbOption::MAYBE_ZERO, false)
+        .map_err(build_err)?;
+    let mut b = X509::builder().map_err(build_err)?;
+    b.set_version(2).map_err(build_err)?;
+    let serial = serial.to_asn1_integer().map_err(build_err)?;
+    b.set_serial_number(&serial).map_err(build_err)?;
+    b.set_subject_name(&name).map_err(build_err)?;
+    b.set_issuer_name(&name).map_err(build_err)?;
+    b.set_pubkey(key).map_err(build_err)?;
+    let not_before = openssl::asn1::Asn1Time::days_from_now(0).map_err(build_err)?;
+    let not_after = openssl::asn1::Asn1Time::days_from_now(1).map_err(build_err)?;
+    b.set_not_before(&not_before).map_err(build_err)?;
+    b.set_not_after(&not_after).map_err(build_err)?;
+    b.sign(key, MessageDigest::sha256()).map_err(build_err)?;
+    Ok(b.build())
+}
+
 /// PrintableString when the text allows it, UTF8String otherwise.
 fn printable_or_utf8(s: &str) -> Vec<u8> {
     let printable = s

@@ -3,10 +3,11 @@
 use ::redb::ReadableTable;
 use async_trait::async_trait;
 
-use super::tables::{BOOTSTRAP, EVENTS, SECRETS, next_seq};
+use super::tables::{BOOTSTRAP, CHALLENGES, EVENTS, SECRETS, next_seq};
 use super::{RedbStore, backend, decode, encode};
 use crate::store::{
-    BootstrapStore, Event, EventStore, NewEvent, SecretStore, StoreResult, Timestamp,
+    BootstrapStore, ChallengeStatus, ChallengeStore, Event, EventStore, NewEvent, SecretStore,
+    StoreResult, Timestamp,
 };
 use crate::wire::enrollment_id::EnrollmentId;
 
@@ -120,6 +121,87 @@ impl SecretStore for RedbStore {
                 .insert(name.as_str(), sealed.as_slice())
                 .map_err(backend)?;
             Ok(())
+        })
+        .await
+    }
+}
+
+/// Stored state of a one-time challenge.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChallengeState {
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: Timestamp,
+    #[serde(with = "time::serde::rfc3339::option")]
+    used_at: Option<Timestamp>,
+}
+
+fn challenge_key(challenge: &str) -> [u8; 32] {
+    openssl::sha::sha256(challenge.as_bytes())
+}
+
+#[async_trait]
+impl ChallengeStore for RedbStore {
+    async fn put_challenge(&self, challenge: &str, expires_at: Timestamp) -> StoreResult<()> {
+        let key = challenge_key(challenge);
+        self.write(move |txn| {
+            let state = ChallengeState {
+                expires_at,
+                used_at: None,
+            };
+            txn.open_table(CHALLENGES)
+                .map_err(backend)?
+                .insert(key.as_slice(), encode(&state).as_slice())
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn consume_challenge(
+        &self,
+        challenge: &str,
+        now: Timestamp,
+    ) -> StoreResult<ChallengeStatus> {
+        let key = challenge_key(challenge);
+        self.write(move |txn| {
+            let mut t = txn.open_table(CHALLENGES).map_err(backend)?;
+            let state: Option<ChallengeState> = t
+                .get(key.as_slice())
+                .map_err(backend)?
+                .map(|v| decode("SCEP challenge", v.value()))
+                .transpose()?;
+            let Some(mut state) = state else {
+                return Ok(ChallengeStatus::Unknown);
+            };
+            if state.used_at.is_some() {
+                return Ok(ChallengeStatus::AlreadyUsed);
+            }
+            if state.expires_at <= now {
+                return Ok(ChallengeStatus::Expired);
+            }
+            state.used_at = Some(now);
+            t.insert(key.as_slice(), encode(&state).as_slice())
+                .map_err(backend)?;
+            Ok(ChallengeStatus::Accepted)
+        })
+        .await
+    }
+
+    async fn prune_challenges(&self, before: Timestamp) -> StoreResult<u64> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(CHALLENGES).map_err(backend)?;
+            let mut doomed = Vec::new();
+            for entry in t.range::<&[u8]>(..).map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                let state: ChallengeState = decode("SCEP challenge", v.value())?;
+                if state.expires_at < before {
+                    doomed.push(k.value().to_vec());
+                }
+            }
+            for k in &doomed {
+                t.remove(k.as_slice()).map_err(backend)?;
+            }
+            Ok(doomed.len() as u64)
         })
         .await
     }

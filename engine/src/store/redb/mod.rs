@@ -190,12 +190,13 @@ fn migrate(db: &Database) -> StoreResult<()> {
             Some(v) if v == SCHEMA_VERSION => {}
             // Future versions add `Some(1) => migrate_1_to_2(&txn)?` steps here, in order.
             _ => {
-                tables::create_all(&txn)?;
                 meta.insert("schema_version", SCHEMA_VERSION)
                     .map_err(backend)?;
             }
         }
     }
+    // New tables are additive: creating them is idempotent and needs no version bump.
+    tables::create_all(&txn)?;
     txn.commit().map_err(backend)
 }
 

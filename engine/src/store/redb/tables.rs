@@ -40,6 +40,9 @@ pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// Secret name → sealed bytes.
 pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 
+/// SHA-256 of a one-time SCEP challenge → JSON state.
+pub const CHALLENGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("scep_challenges");
+
 /// Create every table so read transactions never meet a missing one.
 pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
     macro_rules! create {
@@ -61,7 +64,8 @@ pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
         FINISHED,
         BOOTSTRAP,
         EVENTS,
-        SECRETS
+        SECRETS,
+        CHALLENGES
     );
     Ok(())
 }
