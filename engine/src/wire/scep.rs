@@ -643,8 +643,10 @@ pub fn build_cert_rep(
             let inner = degenerate_certs(certs)?;
             ("0", Some(envelope(&inner, &m.signer, request.cipher)?))
         }
-        Outcome::Failure(_) => ("2", None),
-        Outcome::Pending => ("3", None),
+        // Refusals carry an empty content rather than none: strict clients (certmonger) cannot
+        // verify a SignedData without content and would never see the failure status.
+        Outcome::Failure(_) => ("2", Some(Vec::new())),
+        Outcome::Pending => ("3", Some(Vec::new())),
     };
     let mut extra = vec![
         attribute(
