@@ -19,6 +19,14 @@ pub struct DeviceIdentity {
     pub cert: X509,
 }
 
+impl std::fmt::Debug for DeviceIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceIdentity")
+            .field("subject", &self.cert.subject_name())
+            .finish_non_exhaustive()
+    }
+}
+
 impl DeviceIdentity {
     /// A new key with a certificate issued in-process by `ca` (as SCEP would).
     pub fn issue(ca: &CertificateAuthority, common_name: &str) -> anyhow::Result<Self> {

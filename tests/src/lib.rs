@@ -7,9 +7,11 @@
 //! - [`server::TestServer`]: an in-process engine on an ephemeral port;
 //!   [`server::ServeProcess`]: the real `pomona serve` binary as a child process.
 //! - [`api::ApiClient`]: a small client for the admin API.
+//! - [`scep`]: a SCEP client, as devices enroll.
 //! - [`loadgen`]: many simulated devices checking in concurrently (`pomona-loadgen` binary).
 
 pub mod api;
 pub mod device;
 pub mod loadgen;
+pub mod scep;
 pub mod server;

@@ -226,3 +226,50 @@ async fn sigkill_during_acknowledgements_loses_nothing() {
         "every pending command is delivered after restart"
     );
 }
+
+/// From nothing to receiving a command: a device gets its identity through SCEP from a
+/// `pomona serve` process, enrolls, and receives a command enqueued through the API.
+#[tokio::test]
+async fn device_enrolls_through_scep_and_receives_a_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "scep-e2e-api-key-0123456789";
+    let env = [
+        ("POMONA_API_KEY", key),
+        ("POMONA_SCEP_CHALLENGE", "e2e-challenge"),
+    ];
+    let p = ServeProcess::start(&dir.path().join("data"), &env, &[])
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let scep_url = format!("{}/scep", p.url);
+    let err = pomona_testkit::scep::enroll(&client, &scep_url, "wrong")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("BadRequest"), "{err}");
+    let identity = pomona_testkit::scep::enroll(&client, &scep_url, "e2e-challenge")
+        .await
+        .unwrap();
+    let device = Device::new(identity, &p.url, client.clone());
+    device.enroll().await.unwrap();
+    let api = ApiClient::new(&p.url, key, client);
+    let uuid = api
+        .command(
+            &[&device.udid],
+            "DeviceInformation",
+            serde_json::json!({"Queries": ["SerialNumber"]}),
+        )
+        .await
+        .unwrap();
+    let got = device
+        .idle()
+        .await
+        .unwrap()
+        .expect("the command is delivered");
+    assert_eq!(
+        (got.uuid.as_str(), got.request_type.as_str()),
+        (uuid.as_str(), "DeviceInformation")
+    );
+    assert!(device.acknowledge(&uuid).await.unwrap().is_none());
+    let events = api.get("/v1/events?after=0").await.unwrap();
+    assert_eq!(events.json["events"][0]["kind"], "scep.certificate_issued");
+}
