@@ -28,6 +28,8 @@ pub enum Scenario {
     Idle,
     /// Command round trips: each request acknowledges one command and receives the next.
     Roundtrip,
+    /// SCEP `PKCSReq` enrollments (server-side cost: decrypt, verify, issue, sign, encrypt).
+    Scep,
 }
 
 /// How devices authenticate.
@@ -136,8 +138,14 @@ fn report_body(udid: &str, status: &str, uuid: Option<&str>) -> Vec<u8> {
     xml(&d)
 }
 
+/// The static SCEP challenge the load generator's server is configured with.
+pub const SCEP_CHALLENGE: &str = "loadgen-challenge";
+
 /// Enroll `n` devices against an in-process engine and run the scenario against `server`.
 pub async fn run(engine: &pomona::Engine, server: &str, opts: &Options) -> anyhow::Result<Report> {
+    if opts.scenario == Scenario::Scep {
+        return run_scep(engine, server, opts).await;
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency)
         .build()?;
@@ -186,6 +194,7 @@ pub async fn run(engine: &pomona::Engine, server: &str, opts: &Options) -> anyho
                     auth,
                 });
             }
+            Scenario::Scep => unreachable!("handled by run_scep"),
             Scenario::Roundtrip => {
                 let id = EnrollmentId::new(d.udid.as_str());
                 for n in 0..opts.commands_per_device {
@@ -241,8 +250,8 @@ pub async fn run(engine: &pomona::Engine, server: &str, opts: &Options) -> anyho
                     let i = next_device.fetch_add(1, Ordering::Relaxed) as usize;
                     let script = match scenario {
                         Scenario::Idle => &scripts[i % scripts.len()],
-                        Scenario::Roundtrip if i < scripts.len() => &scripts[i],
-                        Scenario::Roundtrip => break,
+                        Scenario::Roundtrip | Scenario::Scep if i < scripts.len() => &scripts[i],
+                        Scenario::Roundtrip | Scenario::Scep => break,
                     };
                     for p in script {
                         let t0 = Instant::now();
@@ -303,4 +312,89 @@ pub async fn verify_drained(engine: &pomona::Engine, udids: &[String]) -> anyhow
         anyhow::ensure!(q.is_empty(), "{u} still has {} queued", q.len());
     }
     Ok(())
+}
+
+/// SCEP enrollments: `--devices` PKCSReq messages, prepared up front (one RSA key shared by all
+/// CSRs, so preparation stays cheap), posted with `--concurrency` in flight.
+async fn run_scep(engine: &pomona::Engine, server: &str, opts: &Options) -> anyhow::Result<Report> {
+    use pomona::wire::scep::{
+        ContentCipher, Digest, MessageType, build_csr, build_request, self_signed_requester,
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.concurrency)
+        .build()?;
+    let ca = engine.ca().certificate().to_owned();
+    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+    let requester = self_signed_requester(&key, "loadgen")?;
+    let mut messages = Vec::with_capacity(opts.devices);
+    for i in 0..opts.devices {
+        let mut name = X509Name::builder()?;
+        name.append_entry_by_text("CN", &format!("loadgen-scep-{i}"))?;
+        let csr = build_csr(&key, &name.build(), Some(SCEP_CHALLENGE))?;
+        messages.push(build_request(
+            &csr,
+            MessageType::PkcsReq,
+            &format!("TX-{i}"),
+            &(i as u128).to_be_bytes(),
+            &requester,
+            &key,
+            &ca,
+            ContentCipher::Aes256Cbc,
+            Digest::Sha256,
+        )?);
+    }
+    let messages = Arc::new(messages);
+    let next = Arc::new(AtomicU64::new(0));
+    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..opts.concurrency)
+        .map(|_| {
+            let (messages, next, ok, errors, client) = (
+                messages.clone(),
+                next.clone(),
+                ok.clone(),
+                errors.clone(),
+                client.clone(),
+            );
+            let url = format!("{server}/scep?operation=PKIOperation");
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(m) = messages.get(i) else { break };
+                    let t0 = Instant::now();
+                    let r = client.post(&url).body(m.clone()).send().await;
+                    let good = match r {
+                        Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
+                        _ => false,
+                    };
+                    latencies.push(t0.elapsed());
+                    if good { &ok } else { &errors }.fetch_add(1, Ordering::Relaxed);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await?);
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Ok(Report {
+        ok: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latency: [
+            pct(0.50),
+            pct(0.90),
+            pct(0.99),
+            all.last().copied().unwrap_or_default(),
+        ],
+    })
 }

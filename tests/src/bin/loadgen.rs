@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 1000 --scenario idle
 //! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 1000 --scenario roundtrip
+//! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 500 --scenario scep --concurrency 8
 //! ```
 
 use clap::Parser;
@@ -31,13 +32,24 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let dir = tempfile::tempdir()?;
         let store = Arc::new(RedbStore::open(dir.path().join("load.redb"))?);
-        let server = TestServer::start_with(|b| b.store(store).max_queue_len(usize::MAX)).await?;
+        let server = TestServer::start_with(|b| {
+            b.store(store)
+                .max_queue_len(usize::MAX)
+                .scep_options(pomona::scep::ScepOptions {
+                    static_challenge: Some(loadgen::SCEP_CHALLENGE.into()),
+                    ..Default::default()
+                })
+        })
+        .await?;
         eprintln!(
             "enrolling {} devices, then running {:?} with {:?} auth ({} in flight)…",
             args.opts.devices, args.opts.scenario, args.opts.auth, args.opts.concurrency
         );
         let report = loadgen::run(&server.engine, &server.url, &args.opts).await?;
-        println!("{:?} ({:?}): {report}", args.opts.scenario, args.opts.auth);
+        match args.opts.scenario {
+            loadgen::Scenario::Scep => println!("Scep: {report}"),
+            s => println!("{s:?} ({:?}): {report}", args.opts.auth),
+        }
         server.stop().await;
         anyhow::Ok(())
     })
