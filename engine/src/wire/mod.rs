@@ -10,6 +10,8 @@ pub mod cms;
 pub mod command;
 pub mod der;
 pub mod enrollment_id;
+pub mod machine_info;
+pub mod mobileconfig;
 pub mod plist_json;
 pub mod report;
 pub mod scep;
