@@ -96,8 +96,13 @@ fn verifies_an_expired_sha1_chain_like_apples() {
     assert_eq!(verify_machine_info(&signed, &trust).unwrap(), info());
     // The intermediate may also travel inside the signature instead of the bundle.
     let trust_root_only = DeviceTrust::from_pem_bundle(&root.cert.to_pem().unwrap()).unwrap();
-    let with_chain =
-        sign_machine_info(&info(), &leaf.cert, &leaf.key, &[inter.cert.clone()]).unwrap();
+    let with_chain = sign_machine_info(
+        &info(),
+        &leaf.cert,
+        &leaf.key,
+        std::slice::from_ref(&inter.cert),
+    )
+    .unwrap();
     assert_eq!(
         verify_machine_info(&with_chain, &trust_root_only)
             .unwrap()
