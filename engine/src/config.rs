@@ -61,6 +61,8 @@ pub struct Config {
     pub ca: CaConfig,
     /// The SCEP server.
     pub scep: ScepConfig,
+    /// Enrollment profiles and Automated Device Enrollment.
+    pub enroll: EnrollConfig,
     /// Check-in protocol behaviour.
     pub mdm: MdmConfig,
     /// How long finished work is kept.
@@ -79,6 +81,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             ca: CaConfig::default(),
             scep: ScepConfig::default(),
+            enroll: EnrollConfig::default(),
             mdm: MdmConfig::default(),
             retention: RetentionConfig::default(),
         }
@@ -172,6 +175,34 @@ impl Default for ScepConfig {
     }
 }
 
+/// `[enroll]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnrollConfig {
+    /// APNs topic for the MDM payload (the push certificate's UID). Unset: a placeholder.
+    pub topic: Option<String>,
+    /// Profile display name.
+    pub display_name: Option<String>,
+    /// Profile organization (also the identity's `O`).
+    pub organization: Option<String>,
+    /// `PayloadIdentifier` prefix.
+    pub identifier: Option<String>,
+    /// Require `GET /mdm/enroll?token=…` for manual downloads.
+    pub token: Option<String>,
+    /// Tell Automated Device Enrollment devices below this OS version to update first.
+    pub min_os_version: Option<String>,
+    /// The build to offer with `min_os_version`.
+    pub min_build_version: Option<String>,
+    /// PEM trust root(s) for signed MachineInfo. Unset: Apple's device CA.
+    pub device_ca_file: Option<PathBuf>,
+    /// PEM certificates of the server's TLS CA, installed by the profile as trusted roots.
+    pub trust_anchor_files: Vec<PathBuf>,
+    /// PEM certificate (and chain) to sign profiles with.
+    pub signing_cert_file: Option<PathBuf>,
+    /// PEM private key of the profile signer.
+    pub signing_key_file: Option<PathBuf>,
+}
+
 /// `[mdm]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -258,6 +289,9 @@ impl Config {
                 "CA_CERT_FILE" => self.ca.cert_file = some_path(),
                 "CA_KEY_FILE" => self.ca.key_file = some_path(),
                 "SCEP_CHALLENGE" => self.scep.challenge = Some(value.clone()),
+                "ENROLL_DEVICE_CA_FILE" => self.enroll.device_ca_file = some_path(),
+                "ENROLL_TOKEN" => self.enroll.token = Some(value.clone()),
+                "ENROLL_TOPIC" => self.enroll.topic = Some(value.clone()),
                 _ => {}
             }
         }
@@ -280,6 +314,12 @@ impl Config {
         }
         if self.ca.cert_file.is_some() != self.ca.key_file.is_some() {
             return bad("ca", "cert_file and key_file must be set together");
+        }
+        if self.enroll.signing_cert_file.is_some() != self.enroll.signing_key_file.is_some() {
+            return bad(
+                "enroll",
+                "signing_cert_file and signing_key_file must be set together",
+            );
         }
         if self.api.key.as_deref().is_some_and(|k| k.len() < 16) {
             return bad("api.key", "must be at least 16 characters");

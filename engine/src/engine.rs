@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::ca::{CaError, CaOptions, CertificateAuthority};
 use crate::config::{Config, RetentionConfig};
+use crate::enroll::{EnrollOptions, EnrollService, SigningIdentity};
 use crate::events::Outbox;
 use crate::mdm::commands::Commander;
 use crate::mdm::core::TokenService;
@@ -38,6 +39,9 @@ use crate::scep::{ScepOptions, ScepService};
 use crate::seal::{SealError, SealKey};
 use crate::store::redb::RedbStore;
 use crate::store::{Event, Store, StoreError};
+use crate::wire::machine_info::DeviceTrust;
+use openssl::pkey::PKey;
+use openssl::x509::X509;
 
 /// Errors assembling an engine.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +83,8 @@ pub(crate) struct EngineInner {
     pub outbox: Outbox,
     pub mdm: Arc<dyn MdmService>,
     pub commander: Commander,
-    pub scep: ScepService,
+    pub scep: Arc<ScepService>,
+    pub enroll: EnrollService,
     pub pusher: Arc<dyn Pusher>,
     pub metrics: Arc<Metrics>,
     pub last_seen: Arc<LastSeen>,
@@ -121,6 +126,7 @@ pub struct EngineBuilder {
     max_queue_len: usize,
     retention: RetentionConfig,
     scep: ScepOptions,
+    enroll: Option<EnrollOptions>,
     pusher: Option<Arc<dyn Pusher>>,
     layers: Vec<Layer>,
 }
@@ -142,6 +148,7 @@ impl Default for EngineBuilder {
             max_queue_len: defaults.mdm.max_queue_len,
             retention: defaults.retention,
             scep: ScepOptions::default(),
+            enroll: None,
             pusher: None,
             layers: Vec::new(),
         }
@@ -153,6 +160,56 @@ fn read(path: &Path) -> Result<Vec<u8>, EngineError> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// Enrollment options from the `[enroll]` section (reads the files it names).
+fn enroll_options(config: &Config) -> Result<EnrollOptions, EngineError> {
+    let e = &config.enroll;
+    let mut o = EnrollOptions::new(&config.public_url);
+    o.topic = e.topic.clone();
+    o.token = e.token.clone();
+    o.organization = e.organization.clone();
+    o.min_os_version = e.min_os_version.clone();
+    o.min_build_version = e.min_build_version.clone();
+    if let Some(n) = &e.display_name {
+        o.display_name = n.clone();
+    }
+    if let Some(i) = &e.identifier {
+        o.identifier = i.clone();
+    }
+    if let Some(f) = &e.device_ca_file {
+        o.device_trust = DeviceTrust::from_pem_bundle(&read(f)?)
+            .map_err(|err| EngineError::Invalid(format!("{}: {err}", f.display())))?;
+    }
+    for f in &e.trust_anchor_files {
+        let certs = X509::stack_from_pem(&read(f)?)
+            .map_err(|err| EngineError::Invalid(format!("{}: {err}", f.display())))?;
+        for c in certs {
+            o.trust_anchors_der.push(
+                c.to_der()
+                    .map_err(|err| EngineError::Invalid(err.to_string()))?,
+            );
+        }
+    }
+    if let (Some(cf), Some(kf)) = (&e.signing_cert_file, &e.signing_key_file) {
+        let mut certs = X509::stack_from_pem(&read(cf)?)
+            .map_err(|err| EngineError::Invalid(format!("{}: {err}", cf.display())))?;
+        if certs.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "{}: no certificate",
+                cf.display()
+            )));
+        }
+        let cert = certs.remove(0);
+        let key = PKey::private_key_from_pem(&read(kf)?)
+            .map_err(|err| EngineError::Invalid(format!("{}: {err}", kf.display())))?;
+        o.signing = Some(SigningIdentity {
+            cert,
+            key,
+            chain: certs,
+        });
+    }
+    Ok(o)
 }
 
 impl EngineBuilder {
@@ -197,6 +254,7 @@ impl EngineBuilder {
         if let (Some(cert), Some(key)) = (&config.ca.cert_file, &config.ca.key_file) {
             b = b.ca(CertificateAuthority::from_pem(&read(cert)?, &read(key)?)?);
         }
+        b.enroll = Some(enroll_options(config)?);
         Ok(b)
     }
 
@@ -280,6 +338,12 @@ impl EngineBuilder {
         self
     }
 
+    /// Enrollment-profile settings (default: [`EnrollOptions::new`] for the public URL).
+    pub fn enroll_options(mut self, options: EnrollOptions) -> Self {
+        self.enroll = Some(options);
+        self
+    }
+
     /// Send pushes with this pusher (default: none configured; pushes report why).
     pub fn pusher(mut self, pusher: Arc<dyn Pusher>) -> Self {
         self.pusher = Some(pusher);
@@ -343,12 +407,26 @@ impl EngineBuilder {
             metrics.clone(),
             self.max_queue_len,
         );
-        let scep = ScepService::new(
+        let scep = Arc::new(ScepService::new(
             ca.clone(),
             store.clone(),
             store.clone(),
             outbox.clone(),
             self.scep,
+        ));
+        let enroll_options = match self.enroll {
+            Some(mut o) => {
+                o.public_url = self.public_url.clone();
+                o
+            }
+            None => EnrollOptions::new(&self.public_url),
+        };
+        let enroll = EnrollService::new(
+            ca.clone(),
+            scep.clone(),
+            store.clone(),
+            outbox.clone(),
+            enroll_options,
         );
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(EngineInner {
@@ -358,6 +436,7 @@ impl EngineBuilder {
             mdm: service,
             commander,
             scep,
+            enroll,
             pusher,
             metrics,
             last_seen,

@@ -14,6 +14,7 @@
 pub mod ca;
 pub mod config;
 mod engine;
+pub mod enroll;
 pub mod events;
 pub mod fsutil;
 pub mod http;

@@ -125,9 +125,21 @@ pub struct Device {
     pub identity: DeviceIdentity,
     /// How it authenticates requests.
     pub transport: Transport,
-    /// Base URL of the server (e.g. `http://127.0.0.1:9000`).
-    pub server: String,
+    /// Where check-in messages go (the profile's `CheckInURL`).
+    pub checkin_url: String,
+    /// Where command reports go (the profile's `ServerURL`).
+    pub server_url: String,
     client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("udid", &self.udid)
+            .field("serial", &self.serial)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Serialize a dictionary as an XML plist.
@@ -140,8 +152,25 @@ pub fn xml(d: &Dictionary) -> Vec<u8> {
 }
 
 impl Device {
-    /// A device with a random UDID and serial.
+    /// A device with a random UDID and serial, talking to Pomona's default paths on `server`
+    /// (e.g. `http://127.0.0.1:9000`).
     pub fn new(identity: DeviceIdentity, server: &str, client: reqwest::Client) -> Self {
+        let server = server.trim_end_matches('/');
+        Self::with_urls(
+            identity,
+            &format!("{server}/mdm/checkin"),
+            &format!("{server}/mdm/connect"),
+            client,
+        )
+    }
+
+    /// A device with a random UDID and serial, using the URLs of an enrollment profile.
+    pub fn with_urls(
+        identity: DeviceIdentity,
+        checkin_url: &str,
+        server_url: &str,
+        client: reqwest::Client,
+    ) -> Self {
         let udid = uuid::Uuid::new_v4().to_string().to_uppercase();
         let serial = format!("C02{}", &udid[..8]);
         Self {
@@ -151,7 +180,8 @@ impl Device {
             topic: "com.apple.mgmt.External.pomona-test".into(),
             identity,
             transport: Transport::Signature(SignatureStyle::DerWithAttributes),
-            server: server.trim_end_matches('/').to_owned(),
+            checkin_url: checkin_url.to_owned(),
+            server_url: server_url.to_owned(),
             client,
         }
     }
@@ -165,17 +195,9 @@ impl Device {
         d
     }
 
-    /// Send `body` to `path` with this device's identity.
-    pub async fn put(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: Vec<u8>,
-    ) -> anyhow::Result<Reply> {
-        let mut req = self
-            .client
-            .put(format!("{}{path}", self.server))
-            .header("Content-Type", content_type);
+    /// Send `body` to `url` with this device's identity.
+    pub async fn put(&self, url: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<Reply> {
+        let mut req = self.client.put(url).header("Content-Type", content_type);
         match &self.transport {
             Transport::Signature(style) => {
                 let sig = sign_detached(&body, &self.identity.cert, &self.identity.key, *style)?;
@@ -197,7 +219,7 @@ impl Device {
     /// Send a check-in message built from `d`.
     pub async fn checkin(&self, d: &Dictionary) -> anyhow::Result<Reply> {
         self.put(
-            "/mdm/checkin",
+            &self.checkin_url,
             "application/x-apple-aspen-mdm-checkin",
             xml(d),
         )
@@ -206,7 +228,7 @@ impl Device {
 
     /// Send a command report built from `d`.
     pub async fn report(&self, d: &Dictionary) -> anyhow::Result<Reply> {
-        self.put("/mdm/connect", "application/x-apple-aspen-mdm", xml(d))
+        self.put(&self.server_url, "application/x-apple-aspen-mdm", xml(d))
             .await
     }
 

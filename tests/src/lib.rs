@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod device;
+pub mod enroll;
 pub mod loadgen;
 pub mod scep;
 pub mod server;

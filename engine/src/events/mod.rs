@@ -33,6 +33,8 @@ pub mod kind {
     pub const COMMAND_RESULT: &str = "command.result";
     /// A device answered `NotNow`.
     pub const COMMAND_NOT_NOW: &str = "command.not_now";
+    /// A device asked to enroll through Automated Device Enrollment (verified MachineInfo).
+    pub const ENROLL_MACHINE_INFO: &str = "enroll.machine_info";
     /// The SCEP server issued a device identity certificate.
     pub const SCEP_CERTIFICATE_ISSUED: &str = "scep.certificate_issued";
     /// A device reported on a command that is not queued for it (ignored safely).

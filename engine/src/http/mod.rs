@@ -6,6 +6,7 @@
 pub mod api;
 mod cert_cache;
 pub mod device;
+pub mod enroll;
 pub mod ops;
 pub mod scep;
 pub mod server;
@@ -23,5 +24,6 @@ pub(crate) fn router(inner: Arc<EngineInner>) -> Router {
         .merge(device::routes(inner.clone()))
         .merge(api::routes(inner.clone()))
         .merge(scep::routes(inner.clone()))
+        .merge(enroll::routes(inner.clone()))
         .merge(ops::routes(inner))
 }

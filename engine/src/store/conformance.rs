@@ -101,6 +101,28 @@ pub async fn run_all<S: Store>(store: &S) {
     events_bootstrap_secrets(store).await;
     listing(store).await;
     challenges(store).await;
+    machine_info(store).await;
+}
+
+async fn machine_info<S: Store>(store: &S) {
+    let mut info = crate::wire::machine_info::MachineInfo {
+        udid: "MI-1".into(),
+        serial: "SN-MI-1".into(),
+        os_version: Some("14.0".into()),
+        ..Default::default()
+    };
+    let t0 = now();
+    store.record_machine_info(&info, t0).await.unwrap();
+    info.os_version = Some("14.1".into());
+    store
+        .record_machine_info(&info, t0 + Duration::seconds(5))
+        .await
+        .unwrap();
+    let r = store.machine_info("MI-1").await.unwrap().unwrap();
+    assert_eq!(r.info.os_version.as_deref(), Some("14.1"));
+    assert_eq!(r.first_seen_at, t0, "first sighting is kept");
+    assert!(r.last_seen_at > t0);
+    assert!(store.machine_info("nope").await.unwrap().is_none());
 }
 
 async fn challenges<S: Store>(store: &S) {

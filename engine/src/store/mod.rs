@@ -16,6 +16,7 @@ pub use model::*;
 use crate::wire::checkin::{Authenticate, TokenUpdate};
 use crate::wire::command::Command;
 use crate::wire::enrollment_id::{Channel, EnrollmentId};
+use crate::wire::machine_info::MachineInfo;
 
 /// Errors from any storage operation.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -242,6 +243,16 @@ pub trait ChallengeStore: Send + Sync {
     async fn prune_challenges(&self, before: Timestamp) -> StoreResult<u64>;
 }
 
+/// What devices reported when they asked to enroll (signed MachineInfo), by UDID.
+#[async_trait]
+pub trait DeviceInfoStore: Send + Sync {
+    /// Record (replace) a device's latest MachineInfo.
+    async fn record_machine_info(&self, info: &MachineInfo, now: Timestamp) -> StoreResult<()>;
+
+    /// A device's latest MachineInfo and when it arrived.
+    async fn machine_info(&self, udid: &str) -> StoreResult<Option<MachineInfoRecord>>;
+}
+
 /// A backend that implements every store trait.
 pub trait Store:
     EnrollmentStore
@@ -252,6 +263,7 @@ pub trait Store:
     + EventStore
     + SecretStore
     + ChallengeStore
+    + DeviceInfoStore
     + 'static
 {
 }
@@ -265,6 +277,7 @@ impl<T> Store for T where
         + EventStore
         + SecretStore
         + ChallengeStore
+        + DeviceInfoStore
         + 'static
 {
 }

@@ -311,3 +311,16 @@ pub struct NewEvent {
     /// Kind-specific details.
     pub data: serde_json::Value,
 }
+
+/// A device's latest signed MachineInfo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineInfoRecord {
+    /// What the device reported.
+    pub info: crate::wire::machine_info::MachineInfo,
+    /// When it first asked to enroll.
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_seen_at: Timestamp,
+    /// When it last asked.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen_at: Timestamp,
+}

@@ -16,7 +16,7 @@ use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
 use openssl::x509::{X509, X509Ref, X509StoreContext};
 use plist::{Dictionary, Value};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::checkin::to_xml;
 
@@ -50,7 +50,7 @@ pub enum MachineInfoError {
 }
 
 /// The decoded MachineInfo.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineInfo {
     /// `UDID`.
     pub udid: String,

@@ -3,13 +3,14 @@
 use ::redb::ReadableTable;
 use async_trait::async_trait;
 
-use super::tables::{BOOTSTRAP, CHALLENGES, EVENTS, SECRETS, next_seq};
+use super::tables::{BOOTSTRAP, CHALLENGES, EVENTS, MACHINE_INFO, SECRETS, next_seq};
 use super::{RedbStore, backend, decode, encode};
 use crate::store::{
-    BootstrapStore, ChallengeStatus, ChallengeStore, Event, EventStore, NewEvent, SecretStore,
-    StoreResult, Timestamp,
+    BootstrapStore, ChallengeStatus, ChallengeStore, DeviceInfoStore, Event, EventStore,
+    MachineInfoRecord, NewEvent, SecretStore, StoreResult, Timestamp,
 };
 use crate::wire::enrollment_id::EnrollmentId;
+use crate::wire::machine_info::MachineInfo;
 
 #[async_trait]
 impl BootstrapStore for RedbStore {
@@ -204,5 +205,40 @@ impl ChallengeStore for RedbStore {
             Ok(doomed.len() as u64)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl DeviceInfoStore for RedbStore {
+    async fn record_machine_info(&self, info: &MachineInfo, now: Timestamp) -> StoreResult<()> {
+        let info = info.clone();
+        self.write(move |txn| {
+            let mut t = txn.open_table(MACHINE_INFO).map_err(backend)?;
+            let first_seen_at = t
+                .get(info.udid.as_str())
+                .map_err(backend)?
+                .map(|v| decode::<MachineInfoRecord>("machine info", v.value()))
+                .transpose()?
+                .map_or(now, |r| r.first_seen_at);
+            let record = MachineInfoRecord {
+                info: info.clone(),
+                first_seen_at,
+                last_seen_at: now,
+            };
+            t.insert(info.udid.as_str(), encode(&record).as_slice())
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn machine_info(&self, udid: &str) -> StoreResult<Option<MachineInfoRecord>> {
+        self.read(|txn| {
+            let t = txn.open_table(MACHINE_INFO).map_err(backend)?;
+            t.get(udid)
+                .map_err(backend)?
+                .map(|v| decode("machine info", v.value()))
+                .transpose()
+        })
     }
 }

@@ -43,6 +43,9 @@ pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets"
 /// SHA-256 of a one-time SCEP challenge → JSON state.
 pub const CHALLENGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("scep_challenges");
 
+/// UDID → JSON [`crate::store::MachineInfoRecord`].
+pub const MACHINE_INFO: TableDefinition<&str, &[u8]> = TableDefinition::new("machine_info");
+
 /// Create every table so read transactions never meet a missing one.
 pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
     macro_rules! create {
@@ -65,7 +68,8 @@ pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
         BOOTSTRAP,
         EVENTS,
         SECRETS,
-        CHALLENGES
+        CHALLENGES,
+        MACHINE_INFO
     );
     Ok(())
 }
