@@ -341,6 +341,14 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_configuration_parses() {
+        let text = include_str!("../../examples/pomona.toml");
+        let c = Config::from_toml(text, "examples/pomona.toml").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.scep.challenge_ttl_secs, 3600);
+    }
+
+    #[test]
     fn file_then_env() {
         let mut c = Config::from_toml(
             "public_url = \"https://mdm.example.com\"\n[identity]\nclient_cert_header = \"X-Client\"\nrenewal = \"any\"\n",
