@@ -98,3 +98,49 @@ pub async fn enroll(
         cert,
     })
 }
+
+/// Renew an identity: a `RenewalReq` for a new key, signed by the current identity.
+pub async fn renew(
+    client: &reqwest::Client,
+    scep_url: &str,
+    current: &DeviceIdentity,
+) -> anyhow::Result<DeviceIdentity> {
+    let ca = ca_certificate(client, scep_url).await?;
+    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+    let mut name = X509Name::builder()?;
+    name.append_entry_by_text("CN", "pomona-testkit-device")?;
+    let csr = build_csr(&key, &name.build(), None)?;
+    let mut nonce = [0u8; 16];
+    openssl::rand::rand_bytes(&mut nonce)?;
+    let msg = build_request(
+        &csr,
+        MessageType::RenewalReq,
+        &hex::encode(nonce),
+        &nonce,
+        &current.cert,
+        &current.key,
+        &ca,
+        ContentCipher::Aes128Cbc,
+        Digest::Sha256,
+    )?;
+    let r = client
+        .post(format!("{scep_url}?operation=PKIOperation"))
+        .body(msg)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "PKIOperation answered {}",
+        r.status()
+    );
+    let rep = CertRep::parse(&r.bytes().await?, &ca, &current.cert, &current.key)?;
+    if rep.message.pki_status.as_deref() != Some("0") {
+        bail!("renewal refused: failInfo {:?}", rep.message.fail_info);
+    }
+    let cert = rep
+        .certificates
+        .into_iter()
+        .next()
+        .context("no certificate")?;
+    Ok(DeviceIdentity { key, cert })
+}

@@ -220,3 +220,57 @@ async fn profiles_can_be_signed() {
     let profile = Profile::parse(&bytes).unwrap();
     assert!(profile.signed);
 }
+
+/// A SCEP renewal signed by the device's identity: the check-in path accepts the new
+/// certificate (re-pinning it) and from then on refuses the old one.
+#[tokio::test]
+async fn renewed_identity_is_accepted_and_the_old_one_retired() {
+    let server = TestServer::start().await.unwrap();
+    let c = &server.client;
+    let profile = Profile::parse(&download_profile(c, &server.url, None).await.unwrap()).unwrap();
+    let mut device = profile.enroll(c).await.unwrap();
+    device.enroll().await.unwrap();
+    let old = device.identity.clone();
+    let renewed = pomona_testkit::scep::renew(c, &profile.scep_url, &old)
+        .await
+        .unwrap();
+    device.identity = renewed;
+    assert!(
+        device.idle().await.unwrap().is_none(),
+        "the renewed certificate is accepted"
+    );
+    device.identity = old;
+    let err = device.idle().await.unwrap_err().to_string();
+    assert!(
+        err.contains("400") && err.contains("does not match"),
+        "{err}"
+    );
+    let events = server
+        .api()
+        .get("/v1/events?after=0&limit=100")
+        .await
+        .unwrap();
+    assert!(
+        events.json["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "identity.renewed")
+    );
+
+    // A certificate from the CA that is not a renewal of the pinned one is still refused.
+    let stranger = pomona_testkit::scep::enroll(
+        c,
+        &profile.scep_url,
+        &Profile::parse(&download_profile(c, &server.url, None).await.unwrap())
+            .unwrap()
+            .challenge
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    device.identity = stranger;
+    let err = device.idle().await.unwrap_err().to_string();
+    assert!(err.contains("does not match"), "{err}");
+    server.stop().await;
+}
