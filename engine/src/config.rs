@@ -63,6 +63,8 @@ pub struct Config {
     pub scep: ScepConfig,
     /// Enrollment profiles and Automated Device Enrollment.
     pub enroll: EnrollConfig,
+    /// APNs.
+    pub apns: ApnsConfig,
     /// Check-in protocol behaviour.
     pub mdm: MdmConfig,
     /// How long finished work is kept.
@@ -82,6 +84,7 @@ impl Default for Config {
             ca: CaConfig::default(),
             scep: ScepConfig::default(),
             enroll: EnrollConfig::default(),
+            apns: ApnsConfig::default(),
             mdm: MdmConfig::default(),
             retention: RetentionConfig::default(),
         }
@@ -203,6 +206,31 @@ pub struct EnrollConfig {
     pub signing_key_file: Option<PathBuf>,
 }
 
+/// `[apns]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// APNs base URL (default: Apple production).
+    pub base_url: String,
+    /// PEM of an extra CA to trust for the APNs server (tests, proxies).
+    pub extra_ca_file: Option<PathBuf>,
+    /// HTTP/2 connections to keep open per push certificate.
+    pub connections: usize,
+    /// Push to enrollments silent for longer than this many seconds.
+    pub rearm_after_secs: u64,
+}
+
+impl Default for ApnsConfig {
+    fn default() -> Self {
+        Self {
+            base_url: crate::wire::apns::PRODUCTION_URL.into(),
+            extra_ca_file: None,
+            connections: 2,
+            rearm_after_secs: 24 * 3600,
+        }
+    }
+}
+
 /// `[mdm]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -292,6 +320,8 @@ impl Config {
                 "ENROLL_DEVICE_CA_FILE" => self.enroll.device_ca_file = some_path(),
                 "ENROLL_TOKEN" => self.enroll.token = Some(value.clone()),
                 "ENROLL_TOPIC" => self.enroll.topic = Some(value.clone()),
+                "APNS_BASE_URL" => self.apns.base_url = value.clone(),
+                "APNS_EXTRA_CA_FILE" => self.apns.extra_ca_file = some_path(),
                 _ => {}
             }
         }
@@ -314,6 +344,9 @@ impl Config {
         }
         if self.ca.cert_file.is_some() != self.ca.key_file.is_some() {
             return bad("ca", "cert_file and key_file must be set together");
+        }
+        if !self.apns.base_url.starts_with("https://") {
+            return bad("apns.base_url", "must start with https://");
         }
         if self.enroll.signing_cert_file.is_some() != self.enroll.signing_key_file.is_some() {
             return bad(

@@ -34,7 +34,8 @@ use crate::mdm::{
     VerifyIdentity,
 };
 use crate::metrics::Metrics;
-use crate::push::{Pusher, Unconfigured};
+use crate::push::Pusher;
+use crate::push::apns::{ApnsOptions, ApnsPusher};
 use crate::scep::{ScepOptions, ScepService};
 use crate::seal::{SealError, SealKey};
 use crate::store::redb::RedbStore;
@@ -86,6 +87,7 @@ pub(crate) struct EngineInner {
     pub scep: Arc<ScepService>,
     pub enroll: EnrollService,
     pub pusher: Arc<dyn Pusher>,
+    pub apns: Arc<ApnsPusher>,
     pub metrics: Arc<Metrics>,
     pub last_seen: Arc<LastSeen>,
     pub http: HttpSettings,
@@ -127,6 +129,7 @@ pub struct EngineBuilder {
     retention: RetentionConfig,
     scep: ScepOptions,
     enroll: Option<EnrollOptions>,
+    apns: ApnsOptions,
     pusher: Option<Arc<dyn Pusher>>,
     layers: Vec<Layer>,
 }
@@ -149,6 +152,7 @@ impl Default for EngineBuilder {
             retention: defaults.retention,
             scep: ScepOptions::default(),
             enroll: None,
+            apns: ApnsOptions::default(),
             pusher: None,
             layers: Vec::new(),
         }
@@ -255,6 +259,17 @@ impl EngineBuilder {
             b = b.ca(CertificateAuthority::from_pem(&read(cert)?, &read(key)?)?);
         }
         b.enroll = Some(enroll_options(config)?);
+        let mut apns = ApnsOptions::default();
+        apns.endpoint.base_url = config.apns.base_url.clone();
+        apns.endpoint.connections = config.apns.connections;
+        apns.rearm_after = Duration::from_secs(config.apns.rearm_after_secs);
+        if let Some(f) = &config.apns.extra_ca_file {
+            apns.endpoint.extra_ca = Some(
+                X509::from_pem(&read(f)?)
+                    .map_err(|e| EngineError::Invalid(format!("{}: {e}", f.display())))?,
+            );
+        }
+        b.apns = apns;
         Ok(b)
     }
 
@@ -344,7 +359,14 @@ impl EngineBuilder {
         self
     }
 
-    /// Send pushes with this pusher (default: none configured; pushes report why).
+    /// APNs endpoint, retry and re-arm settings.
+    pub fn apns_options(mut self, options: ApnsOptions) -> Self {
+        self.apns = options;
+        self
+    }
+
+    /// Send pushes with this pusher instead of APNs (push certificates are still managed by the
+    /// engine's APNs pusher).
     pub fn pusher(mut self, pusher: Arc<dyn Pusher>) -> Self {
         self.pusher = Some(pusher);
         self
@@ -384,9 +406,21 @@ impl EngineBuilder {
         let metrics = Arc::new(Metrics::default());
         let last_seen = Arc::new(LastSeen::default());
         let outbox = Outbox::new(store.clone(), 1024);
-        let pusher = self
-            .pusher
-            .unwrap_or_else(|| Arc::new(Unconfigured::new(store.clone())));
+        let apns = ApnsPusher::new(
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            seal.clone(),
+            outbox.clone(),
+            metrics.clone(),
+            self.apns,
+        )
+        .await
+        .map_err(|e| EngineError::Invalid(format!("push certificates: {e}")))?;
+        let pusher: Arc<dyn Pusher> = match self.pusher {
+            Some(p) => p,
+            None => apns.clone(),
+        };
 
         let core = Core::new(store.clone(), seal.clone(), last_seen.clone(), self.core);
         let mut service: Arc<dyn MdmService> =
@@ -424,6 +458,7 @@ impl EngineBuilder {
         let enroll = EnrollService::new(
             ca.clone(),
             scep.clone(),
+            apns.clone(),
             store.clone(),
             outbox.clone(),
             enroll_options,
@@ -438,6 +473,7 @@ impl EngineBuilder {
             scep,
             enroll,
             pusher,
+            apns,
             metrics,
             last_seen,
             http: HttpSettings {
@@ -480,6 +516,11 @@ impl Engine {
     /// The SCEP service (one-time challenges for enrollment flows).
     pub fn scep(&self) -> &ScepService {
         &self.inner.scep
+    }
+
+    /// The APNs pusher (push certificates, health).
+    pub fn apns(&self) -> &Arc<ApnsPusher> {
+        &self.inner.apns
     }
 
     /// The certificate authority devices' identities chain to.

@@ -37,6 +37,8 @@ pub struct Metrics {
     commands_delivered: AtomicU64,
     commands_enqueued: AtomicU64,
     events_published: AtomicU64,
+    pushes_sent: AtomicU64,
+    pushes_failed: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -85,6 +87,16 @@ impl Metrics {
     /// Count published events.
     pub fn events_published(&self, n: usize) {
         self.events_published.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Count a push APNs accepted.
+    pub fn push_sent(&self) {
+        bump(&self.pushes_sent);
+    }
+
+    /// Count a push that failed (any reason).
+    pub fn push_failed(&self) {
+        bump(&self.pushes_failed);
     }
 
     /// Render every metric in the Prometheus text exposition format.

@@ -6,11 +6,14 @@
 //!   real CMS `Mdm-Signature`s from its own key, or a proxy-forwarded client certificate).
 //! - [`server::TestServer`]: an in-process engine on an ephemeral port;
 //!   [`server::ServeProcess`]: the real `pomona serve` binary as a child process.
+//! - [`apns::FakeApns`]: a fake APNs (HTTP/2, mutual TLS) that records pushes and answers as
+//!   scripted; [`apns::ApnsTestPki`] issues its certificates and push certificates.
 //! - [`api::ApiClient`]: a small client for the admin API.
 //! - [`scep`]: a SCEP client, as devices enroll.
 //! - [`loadgen`]: many simulated devices checking in concurrently (`pomona-loadgen` binary).
 
 pub mod api;
+pub mod apns;
 pub mod device;
 pub mod enroll;
 pub mod loadgen;

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::ca::CertificateAuthority;
 use crate::events::{Outbox, event, kind};
+use crate::push::apns::ApnsPusher;
 use crate::scep::ScepService;
 use crate::store::{DeviceInfoStore, StoreError};
 use crate::wire::machine_info::{
@@ -63,7 +64,7 @@ impl std::fmt::Debug for SigningIdentity {
 pub struct EnrollOptions {
     /// Base URL devices use.
     pub public_url: String,
-    /// APNs topic; [`PLACEHOLDER_TOPIC`] when none is configured.
+    /// APNs topic; default: the uploaded push certificate's, else [`PLACEHOLDER_TOPIC`].
     pub topic: Option<String>,
     /// Profile display name.
     pub display_name: String,
@@ -117,6 +118,7 @@ pub enum AutomatedAnswer {
 pub struct EnrollService {
     ca: Arc<CertificateAuthority>,
     scep: Arc<ScepService>,
+    apns: Arc<ApnsPusher>,
     devices: Arc<dyn DeviceInfoStore>,
     outbox: Outbox,
     options: EnrollOptions,
@@ -134,18 +136,15 @@ impl EnrollService {
     pub fn new(
         ca: Arc<CertificateAuthority>,
         scep: Arc<ScepService>,
+        apns: Arc<ApnsPusher>,
         devices: Arc<dyn DeviceInfoStore>,
         outbox: Outbox,
         options: EnrollOptions,
     ) -> Self {
-        if options.topic.is_none() {
-            tracing::warn!(
-                "no APNs topic configured: enrollment profiles use a placeholder topic and pushes will not reach devices"
-            );
-        }
         Self {
             ca,
             scep,
+            apns,
             devices,
             outbox,
             options,
@@ -205,6 +204,21 @@ impl EnrollService {
         Ok(AutomatedAnswer::Profile(self.profile().await?))
     }
 
+    /// The APNs topic for profiles: configured, else the uploaded push certificate's, else a
+    /// placeholder (with a warning: pushes cannot reach such devices).
+    fn topic(&self) -> String {
+        if let Some(t) = self
+            .options
+            .topic
+            .clone()
+            .or_else(|| self.apns.default_topic())
+        {
+            return t;
+        }
+        tracing::warn!("no push certificate uploaded: the profile carries a placeholder topic");
+        PLACEHOLDER_TOPIC.into()
+    }
+
     async fn profile(&self) -> Result<Vec<u8>, EnrollError> {
         let o = &self.options;
         let challenge = self.scep.mint_challenge().await?;
@@ -234,7 +248,7 @@ impl EnrollService {
             mdm: MdmPayload {
                 server_url: format!("{}/mdm/connect", o.public_url),
                 check_in_url: Some(format!("{}/mdm/checkin", o.public_url)),
-                topic: o.topic.clone().unwrap_or_else(|| PLACEHOLDER_TOPIC.into()),
+                topic: self.topic(),
                 sign_message: true,
                 access_rights: 8191,
                 check_out_when_removed: true,

@@ -37,6 +37,12 @@ pub mod kind {
     pub const ENROLL_MACHINE_INFO: &str = "enroll.machine_info";
     /// The SCEP server issued a device identity certificate.
     pub const SCEP_CERTIFICATE_ISSUED: &str = "scep.certificate_issued";
+    /// APNs refused an enrollment's push token; it is marked invalid until the next TokenUpdate.
+    pub const PUSH_TOKEN_INVALID: &str = "push.token_invalid";
+    /// A push certificate was uploaded.
+    pub const PUSH_CERTIFICATE_UPLOADED: &str = "push_certificate.uploaded";
+    /// A push certificate's expiry state changed (valid → expiring → expired).
+    pub const PUSH_CERTIFICATE_STATE: &str = "push_certificate.state_changed";
     /// A device reported on a command that is not queued for it (ignored safely).
     pub const COMMAND_REPORT_UNMATCHED: &str = "command.report_unmatched";
 }

@@ -36,8 +36,36 @@ async fn version() -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(inner): State<Arc<EngineInner>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        inner.metrics.render(),
-    )
+    use std::fmt::Write as _;
+    let mut text = inner.metrics.render();
+    let _ = writeln!(
+        text,
+        "# HELP pomona_push_certificate_expiry_timestamp_seconds When each push certificate expires.\n# TYPE pomona_push_certificate_expiry_timestamp_seconds gauge"
+    );
+    let certs = inner.apns.certificates();
+    for c in &certs {
+        let _ = writeln!(
+            text,
+            "pomona_push_certificate_expiry_timestamp_seconds{{topic=\"{}\"}} {}",
+            c.topic, c.not_after_unix
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP pomona_push_certificate_state 1 for each push certificate's current expiry state.\n# TYPE pomona_push_certificate_state gauge"
+    );
+    for c in &certs {
+        let state = serde_json::to_value(c.state).unwrap_or_default();
+        let _ = writeln!(
+            text,
+            "pomona_push_certificate_state{{topic=\"{}\",state={}}} 1",
+            c.topic, state
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP pomona_apns_circuit_open 1 while the APNs circuit breaker is open.\n# TYPE pomona_apns_circuit_open gauge\npomona_apns_circuit_open {}",
+        u8::from(inner.apns.is_circuit_open())
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

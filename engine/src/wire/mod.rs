@@ -4,6 +4,7 @@
 //! devices or services. Nothing here touches storage, sockets or the clock, so every function is
 //! exhaustively testable with fixtures.
 
+pub mod apns;
 pub mod checkin;
 pub mod client_cert;
 pub mod cms;

@@ -5,6 +5,7 @@ mod commands;
 mod enrollments;
 pub mod error;
 mod events;
+mod pushcert;
 mod views;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
             delete(enrollments::cancel),
         )
         .route("/v1/events", get(events::list))
+        .route("/v1/pushcert", get(pushcert::get).put(pushcert::put))
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
             auth::require_api_key,
