@@ -89,6 +89,30 @@ impl ApnsTestPki {
         self.ca.0.to_pem().expect("PEM")
     }
 
+    /// Sign a CSR (PEM, as `pomona push csr` writes it) into a push certificate for `topic`, as
+    /// Apple's portal would. Returns the certificate, PEM.
+    pub fn sign_push_csr(&self, csr_pem: &[u8], topic: &str) -> anyhow::Result<Vec<u8>> {
+        let csr = openssl::x509::X509Req::from_pem(csr_pem)?;
+        let key = csr.public_key()?;
+        anyhow::ensure!(csr.verify(&key)?, "the CSR's signature does not verify");
+        let mut name = X509Name::builder()?;
+        name.append_entry_by_nid(Nid::USERID, topic)?;
+        name.append_entry_by_nid(Nid::COMMONNAME, "APSP:cli")?;
+        let name = name.build();
+        let mut b = X509::builder()?;
+        b.set_version(2)?;
+        let serial = BigNum::from_u32(7)?.to_asn1_integer()?;
+        b.set_serial_number(&serial)?;
+        b.set_subject_name(&name)?;
+        b.set_issuer_name(self.ca.0.subject_name())?;
+        b.set_pubkey(&key)?;
+        let (nb, na) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(365)?);
+        b.set_not_before(&nb)?;
+        b.set_not_after(&na)?;
+        b.sign(&self.ca.1, MessageDigest::sha256())?;
+        Ok(b.build().to_pem()?)
+    }
+
     /// An MDM push certificate for `topic`, valid `days`: certificate then key, PEM.
     pub fn push_certificate(&self, topic: &str, days: u32) -> anyhow::Result<Vec<u8>> {
         let (cert, key) = issue(

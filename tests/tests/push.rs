@@ -400,3 +400,81 @@ async fn pkcs12_and_expiry_states() {
         .unwrap();
     assert!(metrics.contains("pomona_push_certificate_state{topic=\"com.apple.mgmt.External.legacy\",state=\"expiring\"} 1"), "{metrics}");
 }
+
+/// The binary end to end: `POMONA_APNS_BASE_URL` / `POMONA_APNS_EXTRA_CA_FILE` point
+/// `pomona serve` at the fake; `pomona push csr` and `pomona push upload` install a certificate;
+/// a command enqueued for a device enrolled through the profile is pushed.
+#[tokio::test]
+async fn pomona_serve_with_cli_uploaded_certificate_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ApnsTestPki::new().unwrap();
+    let fake = FakeApns::start(&pki).await.unwrap();
+    let ca_file = dir.path().join("apns-ca.pem");
+    std::fs::write(&ca_file, pki.ca_pem()).unwrap();
+    let key = "push-cli-api-key-0123456789";
+    let env = [
+        ("POMONA_API_KEY", key),
+        ("POMONA_APNS_BASE_URL", fake.url.as_str()),
+        ("POMONA_APNS_EXTRA_CA_FILE", ca_file.to_str().unwrap()),
+    ];
+    let p = pomona_testkit::server::ServeProcess::start(&dir.path().join("data"), &env, &[])
+        .await
+        .unwrap();
+    let bin = pomona_testkit::server::sibling_binary("pomona").unwrap();
+    let (key_file, csr_file) = (dir.path().join("push.key"), dir.path().join("push.csr"));
+    let out = std::process::Command::new(&bin)
+        .args(["push", "csr", "--key-out"])
+        .arg(&key_file)
+        .arg("--csr-out")
+        .arg(&csr_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert_file = dir.path().join("push.pem");
+    std::fs::write(
+        &cert_file,
+        pki.sign_push_csr(&std::fs::read(&csr_file).unwrap(), TOPIC)
+            .unwrap(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&bin)
+        .args([
+            "push",
+            "upload",
+            "--url",
+            &p.url,
+            "--api-key",
+            key,
+            "--cert",
+        ])
+        .arg(&cert_file)
+        .arg("--key")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(TOPIC));
+
+    let client = reqwest::Client::new();
+    let profile = Profile::parse(&download_profile(&client, &p.url, None).await.unwrap()).unwrap();
+    assert_eq!(profile.topic, TOPIC);
+    let d = profile.enroll(&client).await.unwrap();
+    d.enroll().await.unwrap();
+    let api = pomona_testkit::api::ApiClient::new(&p.url, key, client);
+    let uuid = api
+        .command(&[&d.udid], "ProfileList", json!({}))
+        .await
+        .unwrap();
+    let pushes = fake.pushes();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].token, hex::encode(&d.push_token));
+    assert_eq!(d.idle().await.unwrap().unwrap().uuid, uuid);
+}

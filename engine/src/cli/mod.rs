@@ -1,5 +1,6 @@
 //! The `pomona` command line.
 
+pub mod push;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -20,6 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the engine: device endpoints, admin API and background work on one listener.
     Serve(ServeArgs),
+    /// Push certificates: make a CSR, upload the certificate.
+    #[command(subcommand)]
+    Push(push::PushCommand),
     /// Print the version.
     Version,
 }
