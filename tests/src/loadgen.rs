@@ -20,6 +20,8 @@ use pomona::wire::command::Command;
 use pomona::wire::enrollment_id::EnrollmentId;
 
 use crate::device::{Device, DeviceIdentity, Transport, xml};
+use futures::StreamExt;
+use pomona::push::Pusher as _;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,6 +32,8 @@ pub enum Scenario {
     Roundtrip,
     /// SCEP `PKCSReq` enrollments (server-side cost: decrypt, verify, issue, sign, encrypt).
     Scep,
+    /// APNs pushes to `--devices` enrollments through the fake APNs.
+    Push,
 }
 
 /// How devices authenticate.
@@ -53,6 +57,9 @@ pub struct Options {
     /// Seconds to run (Idle scenario).
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// HTTP/2 connections to APNs (Push scenario).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
     /// Commands queued per device (Roundtrip scenario).
     #[arg(long, default_value_t = 10)]
     pub commands_per_device: usize,
@@ -143,8 +150,10 @@ pub const SCEP_CHALLENGE: &str = "loadgen-challenge";
 
 /// Enroll `n` devices against an in-process engine and run the scenario against `server`.
 pub async fn run(engine: &pomona::Engine, server: &str, opts: &Options) -> anyhow::Result<Report> {
-    if opts.scenario == Scenario::Scep {
-        return run_scep(engine, server, opts).await;
+    match opts.scenario {
+        Scenario::Scep => return run_scep(engine, server, opts).await,
+        Scenario::Push => return run_push(engine, opts).await,
+        _ => {}
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency)
@@ -194,7 +203,7 @@ pub async fn run(engine: &pomona::Engine, server: &str, opts: &Options) -> anyho
                     auth,
                 });
             }
-            Scenario::Scep => unreachable!("handled by run_scep"),
+            Scenario::Scep | Scenario::Push => unreachable!("handled by run_scep / run_push"),
             Scenario::Roundtrip => {
                 let id = EnrollmentId::new(d.udid.as_str());
                 for n in 0..opts.commands_per_device {
@@ -250,8 +259,8 @@ pub async fn run(engine: &pomona::Engine, server: &str, opts: &Options) -> anyho
                     let i = next_device.fetch_add(1, Ordering::Relaxed) as usize;
                     let script = match scenario {
                         Scenario::Idle => &scripts[i % scripts.len()],
-                        Scenario::Roundtrip | Scenario::Scep if i < scripts.len() => &scripts[i],
-                        Scenario::Roundtrip | Scenario::Scep => break,
+                        _ if i < scripts.len() => &scripts[i],
+                        _ => break,
                     };
                     for p in script {
                         let t0 = Instant::now();
@@ -398,3 +407,63 @@ async fn run_scep(engine: &pomona::Engine, server: &str, opts: &Options) -> anyh
         ],
     })
 }
+
+/// Pushes: `--devices` enrollments with push tokens are written straight to the store, then
+/// pushed in one call (the pusher keeps up to 512 pushes in flight over its connections).
+async fn run_push(engine: &pomona::Engine, opts: &Options) -> anyhow::Result<Report> {
+    use pomona::push::PushOutcome;
+    use pomona::wire::checkin::{Authenticate, TokenUpdate};
+    use pomona::wire::enrollment_id::{Channel, ChannelKind};
+    let store = engine.store();
+    let ids: Vec<EnrollmentId> = (0..opts.devices)
+        .map(|i| EnrollmentId::new(format!("PUSH-{i:08}")))
+        .collect();
+    let now = time::OffsetDateTime::now_utc();
+    futures::stream::iter(ids.iter().cloned())
+        .map(|id| {
+            let store = store.clone();
+            async move {
+                let channel = Channel {
+                    id: id.clone(),
+                    parent: None,
+                    kind: ChannelKind::Device,
+                };
+                let auth = Authenticate {
+                    topic: PUSH_TOPIC.into(),
+                    ..Default::default()
+                };
+                store.store_authenticate(&channel, &auth, now).await?;
+                let tu = TokenUpdate {
+                    token: openssl::sha::sha256(id.as_str().as_bytes()).to_vec(),
+                    push_magic: format!("magic-{id}"),
+                    topic: PUSH_TOPIC.into(),
+                    ..Default::default()
+                };
+                store
+                    .store_token_update(&channel, &tu, None, (None, None), now)
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let start = Instant::now();
+    let outcomes = engine.apns().push(&ids).await;
+    let elapsed = start.elapsed();
+    let ok = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, PushOutcome::Sent(_)))
+        .count() as u64;
+    Ok(Report {
+        ok,
+        errors: outcomes.len() as u64 - ok,
+        elapsed,
+        latency: [Duration::ZERO; 4],
+    })
+}
+
+/// The topic of the load generator's push certificate.
+pub const PUSH_TOPIC: &str = "com.apple.mgmt.External.00000000-0000-0000-0000-00000000load";

@@ -5,10 +5,15 @@
 //! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 1000 --scenario idle
 //! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 1000 --scenario roundtrip
 //! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 500 --scenario scep --concurrency 8
+//! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 100000 --scenario push --connections 4
 //! ```
 
 use clap::Parser;
+use pomona::push::apns::ApnsOptions;
+use pomona::push::client::ApnsEndpoint;
 use pomona::store::redb::RedbStore;
+use pomona::wire::apns::PushCertificate;
+use pomona_testkit::apns::{ApnsTestPki, FakeApns};
 use pomona_testkit::loadgen::{self, Options};
 use pomona_testkit::server::TestServer;
 use std::sync::Arc;
@@ -32,15 +37,31 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let dir = tempfile::tempdir()?;
         let store = Arc::new(RedbStore::open(dir.path().join("load.redb"))?);
+        let pki = ApnsTestPki::new()?;
+        let fake = FakeApns::start(&pki).await?;
+        let apns = ApnsOptions {
+            endpoint: ApnsEndpoint {
+                base_url: fake.url.clone(),
+                extra_ca: Some(openssl::x509::X509::from_pem(&pki.ca_pem())?),
+                connections: args.opts.connections,
+                timeout: std::time::Duration::from_secs(30),
+            },
+            ..Default::default()
+        };
         let server = TestServer::start_with(|b| {
             b.store(store)
                 .max_queue_len(usize::MAX)
+                .apns_options(apns)
                 .scep_options(pomona::scep::ScepOptions {
                     static_challenge: Some(loadgen::SCEP_CHALLENGE.into()),
                     ..Default::default()
                 })
         })
         .await?;
+        if args.opts.scenario == loadgen::Scenario::Push {
+            let cert = PushCertificate::from_pem(&pki.push_certificate(loadgen::PUSH_TOPIC, 365)?)?;
+            server.engine.apns().add_certificate(cert).await?;
+        }
         eprintln!(
             "enrolling {} devices, then running {:?} with {:?} auth ({} in flight)…",
             args.opts.devices, args.opts.scenario, args.opts.auth, args.opts.concurrency
@@ -48,6 +69,15 @@ fn main() -> anyhow::Result<()> {
         let report = loadgen::run(&server.engine, &server.url, &args.opts).await?;
         match args.opts.scenario {
             loadgen::Scenario::Scep => println!("Scep: {report}"),
+            loadgen::Scenario::Push => println!(
+                "Push ({} connections): {} pushes accepted by the fake APNs, {} failed, in {:.2} s = {:.0} pushes/s ({} received)",
+                args.opts.connections,
+                report.ok,
+                report.errors,
+                report.elapsed.as_secs_f64(),
+                report.rate(),
+                fake.pushes().len()
+            ),
             s => println!("{s:?} ({:?}): {report}", args.opts.auth),
         }
         server.stop().await;
