@@ -6,11 +6,13 @@
 //! must pass [`conformance`].
 
 pub mod conformance;
+pub mod dep;
 pub mod model;
 pub mod redb;
 
 use async_trait::async_trait;
 
+pub use dep::*;
 pub use model::*;
 
 use crate::wire::checkin::{Authenticate, TokenUpdate};
@@ -264,6 +266,7 @@ pub trait Store:
     + SecretStore
     + ChallengeStore
     + DeviceInfoStore
+    + DepStore
     + 'static
 {
 }
@@ -278,6 +281,7 @@ impl<T> Store for T where
         + SecretStore
         + ChallengeStore
         + DeviceInfoStore
+        + DepStore
         + 'static
 {
 }

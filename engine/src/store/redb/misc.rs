@@ -41,6 +41,30 @@ impl BootstrapStore for RedbStore {
     }
 }
 
+/// Append events inside an open write transaction (so state and its events commit together).
+pub(super) fn append_in(
+    txn: &::redb::WriteTransaction,
+    events: &[NewEvent],
+    now: Timestamp,
+) -> StoreResult<Vec<Event>> {
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let event = Event {
+            seq: next_seq(txn, "event_seq")?,
+            at: now,
+            kind: e.kind.clone(),
+            enrollment_id: e.enrollment_id.clone(),
+            data: e.data.clone(),
+        };
+        txn.open_table(EVENTS)
+            .map_err(backend)?
+            .insert(event.seq, encode(&event).as_slice())
+            .map_err(backend)?;
+        out.push(event);
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl EventStore for RedbStore {
     async fn append_events(
@@ -48,25 +72,7 @@ impl EventStore for RedbStore {
         events: Vec<NewEvent>,
         now: Timestamp,
     ) -> StoreResult<Vec<Event>> {
-        self.write(move |txn| {
-            let mut out = Vec::with_capacity(events.len());
-            for e in &events {
-                let event = Event {
-                    seq: next_seq(txn, "event_seq")?,
-                    at: now,
-                    kind: e.kind.clone(),
-                    enrollment_id: e.enrollment_id.clone(),
-                    data: e.data.clone(),
-                };
-                txn.open_table(EVENTS)
-                    .map_err(backend)?
-                    .insert(event.seq, encode(&event).as_slice())
-                    .map_err(backend)?;
-                out.push(event);
-            }
-            Ok(out)
-        })
-        .await
+        self.write(move |txn| append_in(txn, &events, now)).await
     }
 
     async fn events_after(&self, after: u64, limit: usize) -> StoreResult<Vec<Event>> {

@@ -5,6 +5,7 @@
 //! them together (group commit), so one fsync covers a whole burst of check-ins. Each write
 //! closure is atomic on its own: if one fails, the batch is aborted and re-run without it.
 
+mod dep;
 mod enrollments;
 mod identity;
 mod misc;

@@ -46,6 +46,15 @@ pub const CHALLENGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("scep
 /// UDID → JSON [`crate::store::MachineInfoRecord`].
 pub const MACHINE_INFO: TableDefinition<&str, &[u8]> = TableDefinition::new("machine_info");
 
+/// DEP server name → JSON [`crate::store::DepServer`].
+pub const DEP_SERVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("dep_servers");
+/// (server, serial) → JSON [`crate::store::DepDeviceRecord`].
+pub const DEP_DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("dep_devices");
+/// (due time in unix ms, server, serial) → (): pending assignment work.
+pub const DEP_DUE: TableDefinition<(i64, &str, &str), ()> = TableDefinition::new("dep_assign_due");
+/// Profile template name → JSON [`crate::store::ProfileTemplate`].
+pub const DEP_PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("dep_profiles");
+
 /// Create every table so read transactions never meet a missing one.
 pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
     macro_rules! create {
@@ -69,7 +78,11 @@ pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
         EVENTS,
         SECRETS,
         CHALLENGES,
-        MACHINE_INFO
+        MACHINE_INFO,
+        DEP_SERVERS,
+        DEP_DEVICES,
+        DEP_DUE,
+        DEP_PROFILES
     );
     Ok(())
 }
