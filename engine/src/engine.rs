@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::ca::{CaError, CaOptions, CertificateAuthority};
 use crate::config::{Config, RetentionConfig};
+use crate::dep::{DepOptions, DepService};
 use crate::enroll::{EnrollOptions, EnrollService, SigningIdentity};
 use crate::events::Outbox;
 use crate::mdm::commands::Commander;
@@ -86,6 +87,7 @@ pub(crate) struct EngineInner {
     pub commander: Commander,
     pub scep: Arc<ScepService>,
     pub enroll: EnrollService,
+    pub dep: DepService,
     pub pusher: Arc<dyn Pusher>,
     pub apns: Arc<ApnsPusher>,
     pub metrics: Arc<Metrics>,
@@ -130,6 +132,7 @@ pub struct EngineBuilder {
     scep: ScepOptions,
     enroll: Option<EnrollOptions>,
     apns: ApnsOptions,
+    dep: Option<DepOptions>,
     pusher: Option<Arc<dyn Pusher>>,
     layers: Vec<Layer>,
 }
@@ -153,6 +156,7 @@ impl Default for EngineBuilder {
             scep: ScepOptions::default(),
             enroll: None,
             apns: ApnsOptions::default(),
+            dep: None,
             pusher: None,
             layers: Vec::new(),
         }
@@ -365,6 +369,12 @@ impl EngineBuilder {
         self
     }
 
+    /// DEP retry and backoff settings (default: [`DepOptions::new`] for the public URL).
+    pub fn dep_options(mut self, options: DepOptions) -> Self {
+        self.dep = Some(options);
+        self
+    }
+
     /// Send pushes with this pusher instead of APNs (push certificates are still managed by the
     /// engine's APNs pusher).
     pub fn pusher(mut self, pusher: Arc<dyn Pusher>) -> Self {
@@ -463,6 +473,14 @@ impl EngineBuilder {
             outbox.clone(),
             enroll_options,
         );
+        let dep_options = match self.dep {
+            Some(mut o) => {
+                o.public_url = self.public_url.clone();
+                o
+            }
+            None => DepOptions::new(&self.public_url),
+        };
+        let dep = DepService::new(store.clone(), seal.clone(), outbox.clone(), dep_options);
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(EngineInner {
             store,
@@ -472,6 +490,7 @@ impl EngineBuilder {
             commander,
             scep,
             enroll,
+            dep,
             pusher,
             apns,
             metrics,
@@ -516,6 +535,11 @@ impl Engine {
     /// The SCEP service (one-time challenges for enrollment flows).
     pub fn scep(&self) -> &ScepService {
         &self.inner.scep
+    }
+
+    /// DEP / Apple Business Manager: servers, sync, profiles, assignment.
+    pub fn dep(&self) -> &DepService {
+        &self.inner.dep
     }
 
     /// The APNs pusher (push certificates, health).

@@ -13,6 +13,7 @@
 
 pub mod ca;
 pub mod config;
+pub mod dep;
 mod engine;
 pub mod enroll;
 pub mod events;

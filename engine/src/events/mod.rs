@@ -43,6 +43,22 @@ pub mod kind {
     pub const PUSH_CERTIFICATE_UPLOADED: &str = "push_certificate.uploaded";
     /// A push certificate's expiry state changed (valid → expiring → expired).
     pub const PUSH_CERTIFICATE_STATE: &str = "push_certificate.state_changed";
+    /// A DEP server was created.
+    pub const DEP_SERVER_CREATED: &str = "dep.server.created";
+    /// A DEP server token's state changed (uploaded, expiring, terms not signed, invalid).
+    pub const DEP_TOKEN_STATE: &str = "dep.token.state";
+    /// Apple Business Manager lists a device that is new to this server.
+    pub const DEP_DEVICE_ADDED: &str = "dep.device.added";
+    /// A device changed in Apple Business Manager (data flags `unknown_modified`, `unassigned`).
+    pub const DEP_DEVICE_MODIFIED: &str = "dep.device.modified";
+    /// A device left this server in Apple Business Manager.
+    pub const DEP_DEVICE_DELETED: &str = "dep.device.deleted";
+    /// Apple accepted a profile assignment.
+    pub const DEP_DEVICE_ASSIGNED: &str = "device.assigned";
+    /// A profile assignment failed, was throttled or the device is no longer accessible.
+    pub const DEP_ASSIGNMENT_FAILED: &str = "dep.assignment.failed";
+    /// A profile was defined with Apple (or refused).
+    pub const DEP_PROFILE_DEFINED: &str = "dep.profile.defined";
     /// A device reported on a command that is not queued for it (ignored safely).
     pub const COMMAND_REPORT_UNMATCHED: &str = "command.report_unmatched";
 }
@@ -81,6 +97,13 @@ impl Outbox {
             let _ = self.live.send(e.clone());
         }
         Ok(written)
+    }
+
+    /// Broadcast events already appended durably (by a store transaction) to live subscribers.
+    pub fn broadcast(&self, events: &[Event]) {
+        for e in events {
+            let _ = self.live.send(e.clone());
+        }
     }
 
     /// Receive events as they are published. A subscriber that falls more than the channel

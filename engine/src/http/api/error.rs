@@ -21,6 +21,15 @@ pub enum ApiError {
     /// No such resource (404).
     #[error("{0}")]
     NotFound(String),
+    /// The resource exists already (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// An upstream service (Apple) failed (502).
+    #[error("{0}")]
+    Upstream(String),
+    /// An internal failure that is not storage (500).
+    #[error("{0}")]
+    Internal(String),
     /// Storage failed (500, or 503 when the backend is unavailable).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -32,6 +41,9 @@ impl IntoResponse for ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Store(StoreError::Backend(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -2,6 +2,7 @@
 
 mod auth;
 mod commands;
+mod dep;
 mod enrollments;
 pub mod error;
 mod events;
@@ -32,6 +33,21 @@ pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
         )
         .route("/v1/events", get(events::list))
         .route("/v1/pushcert", get(pushcert::get).put(pushcert::put))
+        .route(
+            "/v1/dep/servers",
+            get(dep::list_servers).post(dep::create_server),
+        )
+        .route(
+            "/v1/dep/servers/{name}",
+            get(dep::get_server).patch(dep::patch_server),
+        )
+        .route("/v1/dep/servers/{name}/certificate", get(dep::certificate))
+        .route("/v1/dep/servers/{name}/token", put(dep::upload_token))
+        .route("/v1/dep/servers/{name}/sync", post(dep::sync))
+        .route("/v1/dep/servers/{name}/assign", post(dep::assign))
+        .route("/v1/dep/devices", get(dep::list_devices))
+        .route("/v1/dep/profiles", get(dep::list_profiles))
+        .route("/v1/dep/profiles/{name}", put(dep::put_profile))
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
             auth::require_api_key,

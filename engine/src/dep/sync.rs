@@ -1,0 +1,480 @@
+//! The syncer (cursor state machine) and the assigner (work queue → Apple).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::client::{DepClient, DepError};
+use super::{DepService, DepServiceError, now};
+use crate::events::{event, kind};
+use crate::store::{
+    AssignResult, DepDeviceRecord, DepPageCommit, DepServer, NewEvent, ProfileDefinition,
+    SyncPhase, TokenState,
+};
+use crate::wire::dep::{Device, Profile};
+
+/// Page size when Apple's `/account` gives none.
+const DEFAULT_PAGE: u32 = 1000;
+/// Start a full fetch before Apple's 7-day cursor expiry.
+const CURSOR_MAX_AGE: time::Duration = time::Duration::days(6);
+/// Most pages read in one sync run (a guard against a server that never says "done").
+const MAX_PAGES: usize = 100_000;
+/// Most serials per assignment request.
+const ASSIGN_BATCH: usize = 1000;
+
+/// What one sync run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncReport {
+    /// Pages committed.
+    pub pages: usize,
+    /// Device entries committed.
+    pub devices: usize,
+    /// Devices queued for assignment.
+    pub queued: usize,
+    /// Stopped because Apple returned the same cursor with `more_to_follow`.
+    pub same_cursor: bool,
+}
+
+/// Keep one entry per serial: the one with the latest `op_date`.
+fn dedupe(devices: Vec<Device>) -> Vec<Device> {
+    let mut by_serial: BTreeMap<String, Device> = BTreeMap::new();
+    for d in devices {
+        match by_serial.get(&d.serial_number) {
+            Some(existing) if existing.op_date >= d.op_date => {}
+            _ => {
+                by_serial.insert(d.serial_number.clone(), d);
+            }
+        }
+    }
+    by_serial.into_values().collect()
+}
+
+/// The built-in policy: should this device get the server's default profile?
+/// New devices, re-added ones, devices moved to us (`modified` while unknown), and devices back
+/// from `removed`.
+fn wants_assignment(op: &str, known: Option<&DepDeviceRecord>, d: &Device) -> bool {
+    let removed = d.profile_status.as_deref() == Some("removed");
+    match op {
+        "deleted" => false,
+        "added" => true,
+        "fetched" | "modified" => known.is_none() || removed || known.is_some_and(|k| !k.present),
+        _ => known.is_none(),
+    }
+}
+
+impl DepService {
+    /// Sync one server now: fetch or sync pages until Apple has no more, committing each page
+    /// with its devices, events, assignment work and cursor; then run the assigner.
+    pub async fn sync_server(&self, name: &str, full: bool) -> Result<SyncReport, DepServiceError> {
+        let _one_at_a_time = self.running.lock().await;
+        let mut s = self.server(name).await?;
+        let client = self.client(&s)?;
+        let result = self.sync_pages(&mut s, &client, full).await;
+        match &result {
+            Err(DepServiceError::Api(e)) => self.record_api_error(&mut s, e).await?,
+            Err(_) => {}
+            Ok(_) => {
+                if matches!(
+                    s.token_state,
+                    TokenState::TermsNotSigned | TokenState::Invalid
+                ) {
+                    // Apple answered again: the token works.
+                    let mut fresh = self.server(name).await?;
+                    fresh.token_state = fresh
+                        .token_expiry
+                        .as_deref()
+                        .map_or(TokenState::Valid, super::token_state);
+                    self.store.put_dep_server(&fresh).await?;
+                }
+            }
+        }
+        let report = result?;
+        self.assign_due(name).await?;
+        Ok(report)
+    }
+
+    async fn record_api_error(
+        &self,
+        s: &mut DepServer,
+        e: &DepError,
+    ) -> Result<(), DepServiceError> {
+        let mut fresh = self.server(&s.name).await?;
+        fresh.last_error = Some(e.to_string());
+        let state = match e {
+            DepError::TermsNotSigned => Some(TokenState::TermsNotSigned),
+            DepError::Unauthorized(_) => Some(TokenState::Invalid),
+            _ => None,
+        };
+        if let Some(state) = state
+            && fresh.token_state != state
+        {
+            fresh.token_state = state;
+            self.publish(
+                kind::DEP_TOKEN_STATE,
+                json!({"server": s.name, "state": state, "error": e.to_string()}),
+            )
+            .await;
+        }
+        self.store.put_dep_server(&fresh).await?;
+        Ok(())
+    }
+
+    async fn sync_pages(
+        &self,
+        s: &mut DepServer,
+        client: &DepClient,
+        full: bool,
+    ) -> Result<SyncReport, DepServiceError> {
+        let mut report = SyncReport::default();
+        let stale = s
+            .cursor_started_at
+            .is_some_and(|t| now() - t > CURSOR_MAX_AGE);
+        let (mut phase, mut cursor, mut new_chain) = if full || stale || s.cursor.is_none() {
+            (SyncPhase::Fetch, None, true)
+        } else {
+            (s.phase, s.cursor.clone(), false)
+        };
+        let limit = match client.account().await {
+            Ok(a) => a
+                .urls
+                .iter()
+                .find(|u| u.uri == "/server/devices")
+                .and_then(|u| u.limit)
+                .map(|l| l.default.max(1))
+                .unwrap_or(DEFAULT_PAGE),
+            Err(e @ (DepError::TermsNotSigned | DepError::Unauthorized(_))) => return Err(e.into()),
+            Err(_) => DEFAULT_PAGE,
+        };
+        let mut restarted = false;
+        while report.pages < MAX_PAGES {
+            let answer = match phase {
+                SyncPhase::Fetch => client.fetch(cursor.as_deref(), limit).await,
+                SyncPhase::Sync => {
+                    client
+                        .sync(cursor.as_deref().unwrap_or_default(), limit)
+                        .await
+                }
+            };
+            let page = match answer {
+                Ok(p) => p,
+                Err(e) if phase == SyncPhase::Fetch && e.is("EXHAUSTED_CURSOR") => {
+                    phase = SyncPhase::Sync;
+                    continue;
+                }
+                Err(e) if phase == SyncPhase::Sync && e.is("EXHAUSTED_CURSOR") => break,
+                Err(e)
+                    if !restarted
+                        && (e.is("EXPIRED_CURSOR")
+                            || e.is("INVALID_CURSOR")
+                            || e.is("CURSOR_REQUIRED")) =>
+                {
+                    tracing::info!(server = %s.name, error = %e, "cursor refused; starting a full fetch");
+                    restarted = true;
+                    phase = SyncPhase::Fetch;
+                    cursor = None;
+                    new_chain = true;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let same_cursor =
+                page.more_to_follow && cursor.as_deref() == Some(page.cursor.as_str());
+            let devices = dedupe(page.devices);
+            let mut commit = DepPageCommit {
+                cursor: Some(page.cursor.clone()),
+                phase: if phase == SyncPhase::Fetch && !page.more_to_follow {
+                    SyncPhase::Sync
+                } else {
+                    phase
+                },
+                new_chain,
+                ..Default::default()
+            };
+            for d in devices {
+                let known = self.store.dep_device(&s.name, &d.serial_number).await?;
+                let op = match phase {
+                    SyncPhase::Fetch => "fetched".to_owned(),
+                    SyncPhase::Sync => d.op_type.clone().unwrap_or_else(|| "modified".into()),
+                };
+                if let Some(profile) = &s.default_profile
+                    && wants_assignment(&op, known.as_ref(), &d)
+                {
+                    commit
+                        .assign
+                        .push((d.serial_number.clone(), profile.clone()));
+                }
+                commit
+                    .events
+                    .push(device_event(&s.name, &op, known.as_ref(), &d));
+                commit.devices.push((d, op));
+            }
+            report.pages += 1;
+            report.devices += commit.devices.len();
+            report.queued += commit.assign.len();
+            let events = self.store.commit_dep_page(&s.name, commit, now()).await?;
+            self.outbox.broadcast(&events);
+            new_chain = false;
+            phase = if phase == SyncPhase::Fetch && !page.more_to_follow {
+                SyncPhase::Sync
+            } else {
+                phase
+            };
+            cursor = Some(page.cursor);
+            if same_cursor {
+                tracing::warn!(server = %s.name, "Apple returned the same cursor with more_to_follow; stopping until the next tick");
+                report.same_cursor = true;
+                break;
+            }
+            if !page.more_to_follow {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Ensure `profile` is defined with Apple for `server` in its current form; its UUID.
+    async fn ensure_defined(
+        &self,
+        server: &str,
+        client: &DepClient,
+        profile: &str,
+    ) -> Result<String, String> {
+        let mut t = match self.store.dep_profile(profile).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return Err(format!("no DEP profile named {profile:?}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        let effective = self.effective_profile(&t.template);
+        let hash = hex::encode(openssl::sha::sha256(
+            &serde_json::to_vec(&effective).expect("profiles serialize"),
+        ));
+        if let Some(d) = t.definitions.get(server)
+            && d.hash == hash
+            && let Some(uuid) = &d.profile_uuid
+        {
+            return Ok(uuid.clone());
+        }
+        let result = client.define_profile(&effective).await;
+        let definition = ProfileDefinition {
+            hash,
+            profile_uuid: result.as_ref().ok().map(|r| r.profile_uuid.clone()),
+            error: result.as_ref().err().map(ToString::to_string),
+            defined_at: now(),
+        };
+        t.definitions.insert(server.to_owned(), definition);
+        if let Err(e) = self.store.put_dep_profile(&t).await {
+            return Err(e.to_string());
+        }
+        self.publish(
+            kind::DEP_PROFILE_DEFINED,
+            json!({"server": server, "profile": profile, "profile_uuid": result.as_ref().ok().map(|r| &r.profile_uuid), "error": result.as_ref().err().map(ToString::to_string)}),
+        )
+        .await;
+        result.map(|r| r.profile_uuid).map_err(|e| e.to_string())
+    }
+
+    /// The profile sent to Apple: the template, pointed at this engine unless it says otherwise.
+    pub fn effective_profile(&self, template: &Profile) -> Profile {
+        let mut p = template.clone();
+        if p.url.is_none() && p.configuration_web_url.is_none() {
+            p.url = Some(format!("{}/mdm/enroll", self.options.public_url));
+        }
+        p
+    }
+
+    fn failed_delay(&self, attempts: u32) -> Duration {
+        (self.options.failed_retry * 2u32.saturating_pow(attempts.min(6)))
+            .min(Duration::from_secs(3600))
+    }
+
+    /// Assign every due device of `server` (batches of ≤ 1000 per profile).
+    pub async fn assign_due(&self, server: &str) -> Result<(), DepServiceError> {
+        let s = self.server(server).await?;
+        if s.token_sealed.is_none() {
+            return Ok(());
+        }
+        let client = self.client(&s)?;
+        loop {
+            let due = self.store.due_assignments(server, now(), 5000).await?;
+            if due.is_empty() {
+                return Ok(());
+            }
+            let mut by_profile: BTreeMap<String, Vec<DepDeviceRecord>> = BTreeMap::new();
+            for d in due.iter().filter(|d| d.assigned_profile.is_some()) {
+                by_profile
+                    .entry(d.assigned_profile.clone().unwrap_or_default())
+                    .or_default()
+                    .push(d.clone());
+            }
+            let at = now();
+            let mut outcomes = Vec::new();
+            let mut events = Vec::new();
+            for (profile, devices) in by_profile {
+                let uuid = match self.ensure_defined(server, &client, &profile).await {
+                    Ok(u) => u,
+                    Err(err) => {
+                        for d in &devices {
+                            let next = at + self.failed_delay(d.assign_attempts);
+                            outcomes.push((
+                                d.serial_number.clone(),
+                                AssignResult::Failed,
+                                Some(format!("profile definition failed: {err}")),
+                                Some(next),
+                            ));
+                        }
+                        continue;
+                    }
+                };
+                for chunk in devices.chunks(ASSIGN_BATCH) {
+                    let serials: Vec<String> =
+                        chunk.iter().map(|d| d.serial_number.clone()).collect();
+                    let attempts: BTreeMap<&str, u32> = chunk
+                        .iter()
+                        .map(|d| (d.serial_number.as_str(), d.assign_attempts))
+                        .collect();
+                    match client.assign(&uuid, &serials).await {
+                        Ok(resp) => {
+                            let throttle = resp
+                                .retry_after_seconds
+                                .map(Duration::from_secs)
+                                .unwrap_or(self.options.throttle_cooldown)
+                                .max(Duration::from_secs(1));
+                            for serial in &serials {
+                                let status = resp
+                                    .devices
+                                    .get(serial)
+                                    .map(String::as_str)
+                                    .unwrap_or("FAILED");
+                                let (result, next, error) = match status {
+                                    "SUCCESS" => (AssignResult::Success, None, None),
+                                    "NOT_ACCESSIBLE" => (
+                                        AssignResult::NotAccessible,
+                                        None,
+                                        Some(
+                                            "the device is no longer assigned to this MDM server"
+                                                .to_owned(),
+                                        ),
+                                    ),
+                                    "THROTTLED" => (
+                                        AssignResult::Throttled,
+                                        Some(at + throttle),
+                                        Some(format!(
+                                            "throttled by Apple; retrying in {} s",
+                                            throttle.as_secs()
+                                        )),
+                                    ),
+                                    other => (
+                                        AssignResult::Failed,
+                                        Some(at + self.failed_delay(attempts[serial.as_str()])),
+                                        Some(format!("Apple answered {other}")),
+                                    ),
+                                };
+                                events.push(assignment_event(
+                                    server,
+                                    serial,
+                                    &profile,
+                                    result,
+                                    error.as_deref(),
+                                ));
+                                outcomes.push((serial.clone(), result, error, next));
+                            }
+                        }
+                        Err(e) => {
+                            let fatal =
+                                matches!(e, DepError::TermsNotSigned | DepError::Unauthorized(_));
+                            for serial in &serials {
+                                let next = at + self.failed_delay(attempts[serial.as_str()]);
+                                outcomes.push((
+                                    serial.clone(),
+                                    AssignResult::Failed,
+                                    Some(e.to_string()),
+                                    Some(next),
+                                ));
+                            }
+                            if fatal {
+                                let mut s = s.clone();
+                                self.record_api_error(&mut s, &e).await?;
+                            }
+                        }
+                    }
+                }
+            }
+            let n = due.len();
+            let written = self
+                .store
+                .record_assignments(server, outcomes, events, at)
+                .await?;
+            self.outbox.broadcast(&written);
+            if n < 5000 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Run what is due: sync servers whose interval elapsed and assign due devices.
+    pub async fn tick(&self) {
+        let servers = match self.store.dep_servers().await {
+            Ok(s) => s,
+            Err(err) => return tracing::warn!(%err, "cannot list DEP servers"),
+        };
+        for s in servers {
+            let usable = matches!(s.token_state, TokenState::Valid | TokenState::Expiring);
+            let due = s.sync_interval_secs > 0
+                && s.last_sync_at.is_none_or(|t| {
+                    now() - t >= time::Duration::seconds(s.sync_interval_secs as i64)
+                });
+            if usable && due {
+                if let Err(err) = self.sync_server(&s.name, false).await {
+                    tracing::warn!(server = %s.name, %err, "DEP sync failed");
+                }
+            } else if usable && let Err(err) = self.assign_due(&s.name).await {
+                tracing::warn!(server = %s.name, %err, "DEP assignment failed");
+            }
+        }
+    }
+}
+
+fn device_event(server: &str, op: &str, known: Option<&DepDeviceRecord>, d: &Device) -> NewEvent {
+    let k = match op {
+        "deleted" => kind::DEP_DEVICE_DELETED,
+        "added" => kind::DEP_DEVICE_ADDED,
+        "fetched" if known.is_none() => kind::DEP_DEVICE_ADDED,
+        _ => kind::DEP_DEVICE_MODIFIED,
+    };
+    event(
+        k,
+        None,
+        json!({
+            "server": server,
+            "serial_number": d.serial_number,
+            "op_type": op,
+            "op_date": d.op_date,
+            "profile_status": d.profile_status,
+            "model": d.model,
+            "device_family": d.device_family,
+            "known": known.is_some(),
+            "readded": op == "added" && known.is_some(),
+            "unknown_modified": op == "modified" && known.is_none(),
+            "unassigned": d.profile_status.as_deref() == Some("removed"),
+        }),
+    )
+}
+
+fn assignment_event(
+    server: &str,
+    serial: &str,
+    profile: &str,
+    result: AssignResult,
+    error: Option<&str>,
+) -> NewEvent {
+    event(
+        if result == AssignResult::Success {
+            kind::DEP_DEVICE_ASSIGNED
+        } else {
+            kind::DEP_ASSIGNMENT_FAILED
+        },
+        None,
+        json!({"server": server, "serial_number": serial, "profile": profile, "result": result, "error": error}),
+    )
+}
