@@ -8,10 +8,13 @@
 //!   [`server::ServeProcess`]: the real `pomona serve` binary as a child process.
 //! - [`apns::FakeApns`]: a fake APNs (HTTP/2, mutual TLS) that records pushes and answers as
 //!   scripted; [`apns::ApnsTestPki`] issues its certificates and push certificates.
+//! - [`abm::FakeAbm`]: a fake Apple Business Manager with real OAuth1, cursors, paging and
+//!   scripted faults.
 //! - [`api::ApiClient`]: a small client for the admin API.
 //! - [`scep`]: a SCEP client, as devices enroll.
 //! - [`loadgen`]: many simulated devices checking in concurrently (`pomona-loadgen` binary).
 
+pub mod abm;
 pub mod api;
 pub mod apns;
 pub mod device;

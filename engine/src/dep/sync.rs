@@ -337,9 +337,9 @@ impl DepService {
                         Ok(resp) => {
                             let throttle = resp
                                 .retry_after_seconds
+                                .filter(|s| *s > 0)
                                 .map(Duration::from_secs)
-                                .unwrap_or(self.options.throttle_cooldown)
-                                .max(Duration::from_secs(1));
+                                .unwrap_or(self.options.throttle_cooldown);
                             for serial in &serials {
                                 let status = resp
                                     .devices
