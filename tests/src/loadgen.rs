@@ -34,6 +34,8 @@ pub enum Scenario {
     Scep,
     /// APNs pushes to `--devices` enrollments through the fake APNs.
     Push,
+    /// DEP initial fetch and assignment of `--devices` devices from the fake ABM.
+    Dep,
 }
 
 /// How devices authenticate.
@@ -153,6 +155,7 @@ pub async fn run(engine: &pomona::Engine, server: &str, opts: &Options) -> anyho
     match opts.scenario {
         Scenario::Scep => return run_scep(engine, server, opts).await,
         Scenario::Push => return run_push(engine, opts).await,
+        Scenario::Dep => return run_dep(engine, opts).await,
         _ => {}
     }
     let client = reqwest::Client::builder()
@@ -203,7 +206,9 @@ pub async fn run(engine: &pomona::Engine, server: &str, opts: &Options) -> anyho
                     auth,
                 });
             }
-            Scenario::Scep | Scenario::Push => unreachable!("handled by run_scep / run_push"),
+            Scenario::Scep | Scenario::Push | Scenario::Dep => {
+                unreachable!("handled by their own runners")
+            }
             Scenario::Roundtrip => {
                 let id = EnrollmentId::new(d.udid.as_str());
                 for n in 0..opts.commands_per_device {
@@ -467,3 +472,77 @@ async fn run_push(engine: &pomona::Engine, opts: &Options) -> anyhow::Result<Rep
 
 /// The topic of the load generator's push certificate.
 pub const PUSH_TOPIC: &str = "com.apple.mgmt.External.00000000-0000-0000-0000-00000000load";
+
+/// Peak resident memory of this process (Linux `VmHWM`), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// DEP: the fake ABM lists `--devices` devices (pages of 1000, as advertised); one sync fetches
+/// and assigns them all.
+async fn run_dep(engine: &pomona::Engine, opts: &Options) -> anyhow::Result<Report> {
+    let abm = crate::abm::FakeAbm::start(1000).await?;
+    for i in 0..opts.devices {
+        abm.add(
+            &format!("LOAD{i:07}"),
+            if i % 3 == 0 { "iPad" } else { "Mac" },
+        );
+    }
+    let dep = engine.dep();
+    dep.create_server("load").await?;
+    let cert = dep.certificate("load").await?;
+    dep.upload_token("load", &abm.token_for(cert.as_bytes())?, false)
+        .await?;
+    dep.put_profile(
+        "standard",
+        pomona::wire::dep::Profile {
+            profile_name: "Standard".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    dep.patch_server(
+        "load",
+        pomona::dep::ServerPatch {
+            base_url: Some(abm.url.clone()),
+            default_profile: Some("standard".into()),
+            sync_interval_secs: Some(0),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let before = peak_rss_kib();
+    let start = Instant::now();
+    let report = dep.sync_server("load", false).await?;
+    let elapsed = start.elapsed();
+    let assigned = (0..opts.devices)
+        .filter(|i| abm.assignments(&format!("LOAD{i:07}")).len() == 1)
+        .count();
+    eprintln!(
+        "DEP: {} pages, {} devices committed, {} queued; API calls: session {}, account {}, fetch {}, sync {}, define {}, assign {}; peak RSS {} MiB (before sync {} MiB)",
+        report.pages,
+        report.devices,
+        report.queued,
+        abm.calls("/session"),
+        abm.calls("/account"),
+        abm.calls("/server/devices"),
+        abm.calls("/devices/sync"),
+        abm.calls("/profile"),
+        abm.calls("/profile/devices"),
+        peak_rss_kib().unwrap_or(0) / 1024,
+        before.unwrap_or(0) / 1024,
+    );
+    Ok(Report {
+        ok: assigned as u64,
+        errors: (opts.devices - assigned) as u64,
+        elapsed,
+        latency: [Duration::ZERO; 4],
+    })
+}

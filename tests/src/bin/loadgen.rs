@@ -6,6 +6,7 @@
 //! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 1000 --scenario roundtrip
 //! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 500 --scenario scep --concurrency 8
 //! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 100000 --scenario push --connections 4
+//! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 100000 --scenario dep
 //! ```
 
 use clap::Parser;
@@ -69,6 +70,12 @@ fn main() -> anyhow::Result<()> {
         let report = loadgen::run(&server.engine, &server.url, &args.opts).await?;
         match args.opts.scenario {
             loadgen::Scenario::Scep => println!("Scep: {report}"),
+            loadgen::Scenario::Dep => println!(
+                "Dep: {} devices fetched and assigned exactly once ({} not) in {:.2} s",
+                report.ok,
+                report.errors,
+                report.elapsed.as_secs_f64()
+            ),
             loadgen::Scenario::Push => println!(
                 "Push ({} connections): {} pushes accepted by the fake APNs, {} failed, in {:.2} s = {:.0} pushes/s ({} received)",
                 args.opts.connections,
