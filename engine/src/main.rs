@@ -13,6 +13,10 @@ async fn main() -> anyhow::Result<()> {
             cli::init_logging(args.log_format);
             cli::serve::run(args).await
         }
+        Command::Dep { remote, command } => {
+            cli::init_logging(cli::LogFormat::Text);
+            cli::dep::run(&remote, command).await
+        }
         Command::Push(cmd) => {
             cli::init_logging(cli::LogFormat::Text);
             cli::push::run(cmd).await

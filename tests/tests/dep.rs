@@ -570,3 +570,92 @@ async fn crash_between_commit_and_assignment_replays_the_work() {
         );
     }
 }
+
+/// `pomona dep …` run as a child process against an engine, without blocking the test's runtime
+/// (the fake ABM answers the engine on that runtime).
+struct DepCli {
+    bin: std::path::PathBuf,
+    url: String,
+    key: &'static str,
+}
+
+impl DepCli {
+    async fn run(&self, args: &[&str]) -> String {
+        let out = tokio::process::Command::new(&self.bin)
+            .arg("dep")
+            .args(args)
+            .args(["--url", &self.url, "--api-key", self.key])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pomona dep {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The admin's path through the CLI against `pomona serve`: create a server, download its
+/// certificate, upload the token, define a profile, set it as default, sync, see devices assigned.
+#[tokio::test]
+async fn the_pomona_dep_cli_end_to_end() {
+    let abm = FakeAbm::start(10).await.unwrap();
+    abm.add("CLI1", "Mac");
+    abm.add("CLI2", "iPad");
+    let dir = tempfile::tempdir().unwrap();
+    let key = "dep-cli-api-key-0123456789";
+    let p = ServeProcess::start(&dir.path().join("data"), &[("POMONA_API_KEY", key)], &[])
+        .await
+        .unwrap();
+    let cli = DepCli {
+        bin: pomona_testkit::server::sibling_binary("pomona").unwrap(),
+        url: p.url.clone(),
+        key,
+    };
+    cli.run(&["create", "hq"]).await;
+    let cert = dir.path().join("hq.pem");
+    cli.run(&["certificate", "hq", "--out", cert.to_str().unwrap()])
+        .await;
+    let token = dir.path().join("hq.p7m");
+    std::fs::write(
+        &token,
+        abm.token_for(&std::fs::read(&cert).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let uploaded = cli.run(&["token", "hq", token.to_str().unwrap()]).await;
+    assert!(uploaded.contains("\"token_state\":\"valid\""), "{uploaded}");
+    let profile = dir.path().join("standard.json");
+    std::fs::write(
+        &profile,
+        r#"{"profile_name": "Standard", "is_supervised": true}"#,
+    )
+    .unwrap();
+    cli.run(&["profile", "standard", profile.to_str().unwrap()])
+        .await;
+    cli.run(&[
+        "set",
+        "hq",
+        "--base-url",
+        &abm.url,
+        "--default-profile",
+        "standard",
+        "--sync-interval-secs",
+        "0",
+        "--team",
+        "macos=Mac fleet",
+    ])
+    .await;
+    let report = cli.run(&["sync", "hq"]).await;
+    assert!(report.contains("\"queued\": 2"), "{report}");
+    let devices = cli
+        .run(&["devices", "--server", "hq", "--result", "SUCCESS"])
+        .await;
+    assert!(
+        devices.contains("CLI1") && devices.contains("CLI2"),
+        "{devices}"
+    );
+    let shown = cli.run(&["show", "hq"]).await;
+    assert!(shown.contains("\"macos\": \"Mac fleet\""), "{shown}");
+}

@@ -1,5 +1,7 @@
 //! The `pomona` command line.
 
+pub mod client;
+pub mod dep;
 pub mod push;
 pub mod serve;
 
@@ -21,6 +23,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the engine: device endpoints, admin API and background work on one listener.
     Serve(ServeArgs),
+    /// Apple Business Manager: servers, tokens, profiles, assignments (talks to the API).
+    Dep {
+        /// The engine.
+        #[command(flatten)]
+        remote: client::Remote,
+        /// What to do.
+        #[command(subcommand)]
+        command: dep::DepCommand,
+    },
     /// Push certificates: make a CSR, upload the certificate.
     #[command(subcommand)]
     Push(push::PushCommand),

@@ -37,12 +37,9 @@ pub enum PushCommand {
     },
     /// Upload a push certificate to a running engine.
     Upload {
-        /// Engine URL, e.g. http://127.0.0.1:9000.
-        #[arg(long, env = "POMONA_URL", default_value = "http://127.0.0.1:9000")]
-        url: String,
-        /// Admin API key.
-        #[arg(long, env = "POMONA_API_KEY")]
-        api_key: String,
+        /// The engine.
+        #[command(flatten)]
+        remote: super::client::Remote,
         /// PEM certificate from Apple.
         #[arg(long, conflicts_with = "p12")]
         cert: Option<PathBuf>,
@@ -94,8 +91,7 @@ pub async fn run(cmd: PushCommand) -> anyhow::Result<()> {
             Ok(())
         }
         PushCommand::Upload {
-            url,
-            api_key,
+            remote,
             cert,
             key,
             p12,
@@ -124,41 +120,16 @@ pub async fn run(cmd: PushCommand) -> anyhow::Result<()> {
                 ),
                 (None, None) => anyhow::bail!("give --cert (and --key) or --p12"),
             };
-            let resp = http_put(
-                &format!("{}/v1/pushcert{query}", url.trim_end_matches('/')),
-                &api_key,
-                body,
-            )
-            .await?;
-            println!("{resp}");
+            let out = remote
+                .send(
+                    reqwest::Method::PUT,
+                    &format!("/v1/pushcert{query}"),
+                    Some(body.into()),
+                    None,
+                )
+                .await?;
+            println!("{}", String::from_utf8_lossy(&out));
             Ok(())
         }
     }
-}
-
-/// A minimal HTTP PUT over hyper (plain HTTP to a local engine, or HTTPS with system roots).
-async fn http_put(url: &str, api_key: &str, body: Vec<u8>) -> anyhow::Result<String> {
-    use http_body_util::{BodyExt, Full};
-    let uri: http::Uri = url.parse().context("engine URL")?;
-    anyhow::ensure!(
-        uri.scheme_str() == Some("http"),
-        "pomona push upload speaks plain HTTP to a local engine; use curl for HTTPS: curl -X PUT --data-binary @cert-and-key.pem -H 'Authorization: Bearer KEY' {url}"
-    );
-    let host = uri.host().context("URL host")?.to_owned();
-    let port = uri.port_u16().unwrap_or(80);
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .with_context(|| format!("connecting to {host}:{port}"))?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let req = http::Request::put(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header("host", format!("{host}:{port}"))
-        .header("authorization", format!("Bearer {api_key}"))
-        .body(Full::new(bytes::Bytes::from(body)))?;
-    let resp = send.send_request(req).await?;
-    let status = resp.status();
-    let text = String::from_utf8_lossy(&resp.into_body().collect().await?.to_bytes()).into_owned();
-    anyhow::ensure!(status.is_success(), "the engine answered {status}: {text}");
-    Ok(text)
 }
