@@ -21,6 +21,7 @@ pub mod fsutil;
 pub mod http;
 pub mod mdm;
 pub mod metrics;
+pub mod policy;
 pub mod push;
 pub mod scep;
 pub mod seal;

@@ -61,6 +61,10 @@ pub mod kind {
     pub const DEP_PROFILE_DEFINED: &str = "dep.profile.defined";
     /// A device reported on a command that is not queued for it (ignored safely).
     pub const COMMAND_REPORT_UNMATCHED: &str = "command.report_unmatched";
+    /// A policy plugin failed or hit a limit; its answer counted as no opinion.
+    pub const PLUGIN_FAILED: &str = "plugin.failed";
+    /// A policy plugin was loaded, replaced or removed.
+    pub const PLUGIN_CHANGED: &str = "plugin.changed";
 }
 
 /// Appends events durably, then broadcasts them.

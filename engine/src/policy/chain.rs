@@ -1,0 +1,448 @@
+//! The ordered plugin chain: first definite decision wins; failures fall through.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::stats::{Outcome, PluginStats, StatsSnapshot};
+use super::{
+    AssignDecision, Decision, DepEvent, Device, Hook, HookInput, PlaceDecision, PluginError,
+    PolicyPlugin, Progress, ReleaseDecision, Step,
+};
+use crate::events::{Outbox, event, kind};
+
+/// The runtime a plugin runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// A `.lua` file.
+    Lua,
+    /// A `.wasm` component.
+    Wasm,
+}
+
+/// A plugin in the chain, with its identity and counters.
+pub struct LoadedPlugin {
+    /// Unique name.
+    pub name: String,
+    /// Runtime.
+    pub runtime: Runtime,
+    /// SHA-256 (hex) of the source the plugin was loaded from.
+    pub sha256: String,
+    /// The hooks it answers, as declared (a subset of what the plugin implements).
+    pub hooks: Vec<Hook>,
+    /// Call counters.
+    pub stats: PluginStats,
+    plugin: Box<dyn PolicyPlugin>,
+    last_event: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("runtime", &self.runtime)
+            .field("hooks", &self.hooks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// Wrap a plugin. `hooks` restricts it to some of its hooks (`None`: all it implements).
+    pub fn new(
+        name: &str,
+        runtime: Runtime,
+        source: &[u8],
+        plugin: Box<dyn PolicyPlugin>,
+        hooks: Option<&[Hook]>,
+    ) -> Self {
+        let implemented = plugin.hooks();
+        let hooks = match hooks {
+            Some(h) => h
+                .iter()
+                .copied()
+                .filter(|h| implemented.contains(h))
+                .collect(),
+            None => implemented,
+        };
+        LoadedPlugin {
+            name: name.to_owned(),
+            runtime,
+            sha256: hex::encode(openssl::sha::sha256(source)),
+            hooks,
+            stats: PluginStats::default(),
+            plugin,
+            last_event: Mutex::new(None),
+        }
+    }
+
+    /// Call the plugin directly (no chain, no events), recording stats.
+    pub fn call(&self, input: &HookInput) -> Result<Option<Decision>, PluginError> {
+        let hook = input.hook();
+        let started = Instant::now();
+        let result = self.plugin.call(input).and_then(|d| match d {
+            Some(d) if !decision_fits(hook, &d) => Err(PluginError::Malformed(format!(
+                "a {} decision is not an answer to {hook}",
+                decision_hook(&d)
+            ))),
+            other => Ok(other),
+        });
+        let outcome = match &result {
+            Ok(Some(_)) => Outcome::Decision,
+            Ok(None) => Outcome::NoOpinion,
+            Err(e) => Outcome::Error(e),
+        };
+        self.stats.record(hook, started.elapsed(), outcome);
+        result
+    }
+
+    /// What the API shows about this plugin.
+    pub fn describe(&self) -> PluginInfo {
+        PluginInfo {
+            name: self.name.clone(),
+            runtime: self.runtime,
+            sha256: self.sha256.clone(),
+            hooks: self.hooks.clone(),
+            stats: self.stats.snapshot(),
+        }
+    }
+}
+
+fn decision_hook(d: &Decision) -> Hook {
+    match d {
+        Decision::Assign(_) => Hook::AutoAssign,
+        Decision::Place(_) => Hook::Place,
+        Decision::Steps(_) => Hook::SetupSteps,
+        Decision::Release(_) => Hook::Release,
+    }
+}
+
+fn decision_fits(hook: Hook, d: &Decision) -> bool {
+    decision_hook(d) == hook
+}
+
+/// A plugin as the admin API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginInfo {
+    /// Name.
+    pub name: String,
+    /// Runtime.
+    pub runtime: Runtime,
+    /// SHA-256 of its source.
+    pub sha256: String,
+    /// Hooks it answers.
+    pub hooks: Vec<Hook>,
+    /// Counters and latency.
+    pub stats: StatsSnapshot,
+}
+
+/// A decision and who made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided<T> {
+    /// The decision.
+    pub decision: T,
+    /// The plugin's name, or `"default"` for the caller's built-in default.
+    pub by: String,
+}
+
+/// At most one `plugin.failed` event per plugin per this interval (counters see every failure).
+const EVENT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Plugins in order, swapped atomically on reload.
+#[derive(Default)]
+pub struct PolicyChain {
+    plugins: RwLock<Arc<Vec<Arc<LoadedPlugin>>>>,
+    outbox: Option<Outbox>,
+}
+
+impl std::fmt::Debug for PolicyChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.plugins().iter()).finish()
+    }
+}
+
+impl PolicyChain {
+    /// An empty chain (every decision falls to the default) that reports failures to `outbox`.
+    pub fn new(outbox: Option<Outbox>) -> Self {
+        PolicyChain {
+            plugins: RwLock::default(),
+            outbox,
+        }
+    }
+
+    /// The current plugins, in order.
+    pub fn plugins(&self) -> Arc<Vec<Arc<LoadedPlugin>>> {
+        self.plugins.read().expect("chain lock").clone()
+    }
+
+    /// Replace the whole chain at once: calls in flight finish on the old one.
+    pub fn replace(&self, plugins: Vec<Arc<LoadedPlugin>>) {
+        *self.plugins.write().expect("chain lock") = Arc::new(plugins);
+    }
+
+    /// Add `plugin` at the end, or replace the plugin of the same name in its place.
+    pub fn upsert(&self, plugin: Arc<LoadedPlugin>) {
+        let mut guard = self.plugins.write().expect("chain lock");
+        let mut next: Vec<_> = guard.iter().cloned().collect();
+        match next.iter().position(|p| p.name == plugin.name) {
+            Some(i) => next[i] = plugin,
+            None => next.push(plugin),
+        }
+        *guard = Arc::new(next);
+    }
+
+    /// Remove the plugin named `name`; whether it was there.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut guard = self.plugins.write().expect("chain lock");
+        let before = guard.len();
+        let next: Vec<_> = guard.iter().filter(|p| p.name != name).cloned().collect();
+        let removed = next.len() != before;
+        *guard = Arc::new(next);
+        removed
+    }
+
+    /// Ask each plugin that answers this hook, in order; the first definite decision wins.
+    /// `None`: every plugin had no opinion (or failed) and the caller's default decides.
+    pub async fn decide(&self, input: &HookInput) -> Option<Decided<Decision>> {
+        let hook = input.hook();
+        for p in self.plugins().iter().filter(|p| p.hooks.contains(&hook)) {
+            match p.call(input) {
+                Ok(Some(decision)) => {
+                    return Some(Decided {
+                        decision,
+                        by: p.name.clone(),
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => self.report(p, hook, &e).await,
+            }
+        }
+        None
+    }
+
+    async fn report(&self, p: &LoadedPlugin, hook: Hook, e: &PluginError) {
+        tracing::warn!(plugin = %p.name, %hook, error = %e, "plugin call counted as no opinion");
+        let Some(outbox) = &self.outbox else { return };
+        {
+            let mut last = p.last_event.lock().expect("event lock");
+            if last.is_some_and(|t| t.elapsed() < EVENT_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let data = json!({
+            "plugin": p.name,
+            "hook": hook,
+            "error": e.to_string(),
+            "limit": matches!(e, PluginError::Limit(_)),
+        });
+        if let Err(err) = outbox
+            .publish(vec![event(kind::PLUGIN_FAILED, None, data)])
+            .await
+        {
+            tracing::warn!(error = %err, "could not record plugin.failed");
+        }
+    }
+
+    /// `auto-assign`, falling back to `default`.
+    pub async fn auto_assign(
+        &self,
+        e: &DepEvent,
+        default: impl FnOnce() -> AssignDecision,
+    ) -> Decided<AssignDecision> {
+        match self.decide(&HookInput::AutoAssign(e.clone())).await {
+            Some(Decided {
+                decision: Decision::Assign(d),
+                by,
+            }) => Decided { decision: d, by },
+            _ => by_default(default()),
+        }
+    }
+
+    /// `place`, falling back to `default` (`None`: leave the team as it is).
+    pub async fn place(
+        &self,
+        d: &Device,
+        default: impl FnOnce() -> Option<PlaceDecision>,
+    ) -> Option<Decided<PlaceDecision>> {
+        match self.decide(&HookInput::Place(d.clone())).await {
+            Some(Decided {
+                decision: Decision::Place(p),
+                by,
+            }) => Some(Decided { decision: p, by }),
+            _ => default().map(by_default),
+        }
+    }
+
+    /// `setup-steps`, falling back to `default`.
+    pub async fn setup_steps(
+        &self,
+        d: &Device,
+        default: impl FnOnce() -> Vec<Step>,
+    ) -> Decided<Vec<Step>> {
+        match self.decide(&HookInput::SetupSteps(d.clone())).await {
+            Some(Decided {
+                decision: Decision::Steps(s),
+                by,
+            }) => Decided { decision: s, by },
+            _ => by_default(default()),
+        }
+    }
+
+    /// `release`, falling back to `default`.
+    pub async fn release(
+        &self,
+        d: &Device,
+        p: &Progress,
+        default: impl FnOnce() -> ReleaseDecision,
+    ) -> Decided<ReleaseDecision> {
+        match self.decide(&HookInput::Release(d.clone(), p.clone())).await {
+            Some(Decided {
+                decision: Decision::Release(r),
+                by,
+            }) => Decided { decision: r, by },
+            _ => by_default(default()),
+        }
+    }
+}
+
+fn by_default<T>(decision: T) -> Decided<T> {
+    Decided {
+        decision,
+        by: "default".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::LimitKind;
+
+    /// A plugin whose every answer is scripted.
+    struct Scripted(Hook, Result<Option<Decision>, PluginError>);
+
+    impl PolicyPlugin for Scripted {
+        fn hooks(&self) -> Vec<Hook> {
+            vec![self.0]
+        }
+        fn call(&self, _: &HookInput) -> Result<Option<Decision>, PluginError> {
+            self.1.clone()
+        }
+    }
+
+    fn plugin(
+        name: &str,
+        hook: Hook,
+        answer: Result<Option<Decision>, PluginError>,
+    ) -> Arc<LoadedPlugin> {
+        Arc::new(LoadedPlugin::new(
+            name,
+            Runtime::Lua,
+            name.as_bytes(),
+            Box::new(Scripted(hook, answer)),
+            None,
+        ))
+    }
+
+    fn dep_event() -> DepEvent {
+        serde_json::from_value(json!({"server": "hq", "serial_number": "C02X", "op_type": "added"}))
+            .unwrap()
+    }
+
+    fn assign(p: &str) -> Result<Option<Decision>, PluginError> {
+        Ok(Some(Decision::Assign(AssignDecision::Assign(p.into()))))
+    }
+
+    #[tokio::test]
+    async fn first_definite_decision_wins_and_failures_fall_through() {
+        let chain = PolicyChain::new(None);
+        chain.replace(vec![
+            plugin("silent", Hook::AutoAssign, Ok(None)),
+            plugin(
+                "broken",
+                Hook::AutoAssign,
+                Err(PluginError::Failed("attempt to index nil".into())),
+            ),
+            plugin(
+                "looping",
+                Hook::AutoAssign,
+                Err(PluginError::Limit(LimitKind::Instructions)),
+            ),
+            plugin(
+                "confused",
+                Hook::AutoAssign,
+                Ok(Some(Decision::Place(PlaceDecision::NoTeam))),
+            ),
+            plugin(
+                "placer",
+                Hook::Place,
+                Ok(Some(Decision::Place(PlaceDecision::NoTeam))),
+            ),
+            plugin("rules", Hook::AutoAssign, assign("standard")),
+            plugin("late", Hook::AutoAssign, assign("never")),
+        ]);
+        let d = chain
+            .auto_assign(&dep_event(), || AssignDecision::Skip)
+            .await;
+        assert_eq!(
+            d,
+            Decided {
+                decision: AssignDecision::Assign("standard".into()),
+                by: "rules".into()
+            }
+        );
+        let stats: Vec<_> = chain.plugins().iter().map(|p| p.stats.snapshot()).collect();
+        assert_eq!(stats[0].no_opinion, 1);
+        assert_eq!(stats[1].errors, 1);
+        assert_eq!(stats[2].limit_hits, 1);
+        assert_eq!(
+            stats[3].errors, 1,
+            "a decision for another hook is malformed"
+        );
+        let last = stats[3].last_error.as_deref().unwrap();
+        assert!(
+            last.contains("a place decision is not an answer to auto-assign"),
+            "{last}"
+        );
+        assert_eq!(stats[4].calls, 0, "a plugin is asked only for its hooks");
+        assert_eq!(stats[6].calls, 0, "nobody is asked after a decision");
+    }
+
+    #[tokio::test]
+    async fn the_default_decides_last() {
+        let chain = PolicyChain::new(None);
+        chain.replace(vec![plugin(
+            "broken",
+            Hook::AutoAssign,
+            Err(PluginError::Failed("x".into())),
+        )]);
+        let d = chain
+            .auto_assign(&dep_event(), || {
+                AssignDecision::Assign("default-profile".into())
+            })
+            .await;
+        assert_eq!(d.by, "default");
+        assert_eq!(d.decision, AssignDecision::Assign("default-profile".into()));
+    }
+
+    #[tokio::test]
+    async fn upsert_replaces_in_place_and_remove_removes() {
+        let chain = PolicyChain::new(None);
+        chain.upsert(plugin("a", Hook::AutoAssign, assign("one")));
+        chain.upsert(plugin("b", Hook::AutoAssign, assign("two")));
+        chain.upsert(plugin("a", Hook::AutoAssign, assign("three")));
+        let names: Vec<_> = chain.plugins().iter().map(|p| p.name.clone()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let d = chain
+            .auto_assign(&dep_event(), || AssignDecision::Skip)
+            .await;
+        assert_eq!(d.decision, AssignDecision::Assign("three".into()));
+        assert!(chain.remove("a"));
+        assert!(!chain.remove("a"));
+        let d = chain
+            .auto_assign(&dep_event(), || AssignDecision::Skip)
+            .await;
+        assert_eq!(d.decision, AssignDecision::Assign("two".into()));
+    }
+}
