@@ -69,6 +69,10 @@ pub struct Config {
     pub mdm: MdmConfig,
     /// How long finished work is kept.
     pub retention: RetentionConfig,
+    /// Default limits for every policy plugin (`[plugin_limits]`).
+    pub plugin_limits: crate::policy::Limits,
+    /// Policy plugins declared here (`[[plugins]]`), asked before uploaded ones, in this order.
+    pub plugins: Vec<crate::policy::registry::DeclaredPlugin>,
 }
 
 impl Default for Config {
@@ -87,6 +91,8 @@ impl Default for Config {
             apns: ApnsConfig::default(),
             mdm: MdmConfig::default(),
             retention: RetentionConfig::default(),
+            plugin_limits: crate::policy::Limits::default(),
+            plugins: Vec::new(),
         }
     }
 }
@@ -287,7 +293,15 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text, &path.display().to_string())
+        let mut config = Self::from_toml(&text, &path.display().to_string())?;
+        // Plugin paths in a file are relative to the file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in &mut config.plugins {
+            if p.path.is_relative() {
+                p.path = base.join(&p.path);
+            }
+        }
+        Ok(config)
     }
 
     /// Apply `POMONA_*` overrides from `env` (usually `std::env::vars()`).
@@ -379,6 +393,46 @@ mod tests {
         let c = Config::from_toml(text, "examples/pomona.toml").unwrap();
         c.validate().unwrap();
         assert_eq!(c.scep.challenge_ttl_secs, 3600);
+    }
+
+    #[test]
+    fn plugins_are_declared_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pomona.toml");
+        std::fs::write(
+            &file,
+            r#"
+            [plugin_limits]
+            timeout = 20
+
+            [[plugins]]
+            name = "teams"
+            path = "plugins/teams.lua"
+            hooks = ["place"]
+            config = { default = "Mac fleet" }
+            limits = { instructions = 1000 }
+
+            [[plugins]]
+            name = "abs"
+            path = "/opt/abs.wasm"
+            "#,
+        )
+        .unwrap();
+        let c = Config::from_file(&file).unwrap();
+        assert_eq!(
+            c.plugin_limits.timeout,
+            std::time::Duration::from_millis(20)
+        );
+        assert_eq!(c.plugins[0].path, dir.path().join("plugins/teams.lua"));
+        assert_eq!(c.plugins[0].hooks, Some(vec![crate::policy::Hook::Place]));
+        assert_eq!(c.plugins[0].config["default"], "Mac fleet");
+        assert_eq!(c.plugins[0].limits.unwrap().instructions, 1000);
+        assert_eq!(c.plugins[1].path, std::path::PathBuf::from("/opt/abs.wasm"));
+        let bad = Config::from_toml(
+            "[[plugins]]\nname = \"x\"\npath = \"a\"\nhook = [\"place\"]",
+            "f.toml",
+        );
+        assert!(bad.unwrap_err().to_string().contains("hook"));
     }
 
     #[test]

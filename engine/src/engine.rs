@@ -35,6 +35,8 @@ use crate::mdm::{
     VerifyIdentity,
 };
 use crate::metrics::Metrics;
+use crate::policy::registry::{DeclaredPlugin, PluginRegistry};
+use crate::policy::{Limits, PolicyChain};
 use crate::push::Pusher;
 use crate::push::apns::{ApnsOptions, ApnsPusher};
 use crate::scep::{ScepOptions, ScepService};
@@ -88,6 +90,7 @@ pub(crate) struct EngineInner {
     pub scep: Arc<ScepService>,
     pub enroll: EnrollService,
     pub dep: DepService,
+    pub plugins: PluginRegistry,
     pub pusher: Arc<dyn Pusher>,
     pub apns: Arc<ApnsPusher>,
     pub metrics: Arc<Metrics>,
@@ -135,6 +138,8 @@ pub struct EngineBuilder {
     dep: Option<DepOptions>,
     pusher: Option<Arc<dyn Pusher>>,
     layers: Vec<Layer>,
+    plugins: Vec<DeclaredPlugin>,
+    plugin_limits: Limits,
 }
 
 impl Default for EngineBuilder {
@@ -159,6 +164,8 @@ impl Default for EngineBuilder {
             dep: None,
             pusher: None,
             layers: Vec::new(),
+            plugins: Vec::new(),
+            plugin_limits: Limits::default(),
         }
     }
 }
@@ -274,6 +281,9 @@ impl EngineBuilder {
             );
         }
         b.apns = apns;
+        b.plugin_limits = config.plugin_limits;
+        // Relative plugin paths in a config file are relative to the working directory.
+        b.plugins = config.plugins.clone();
         Ok(b)
     }
 
@@ -382,6 +392,18 @@ impl EngineBuilder {
         self
     }
 
+    /// Declare a policy plugin (asked before uploaded ones, in the order declared).
+    pub fn plugin(mut self, plugin: DeclaredPlugin) -> Self {
+        self.plugins.push(plugin);
+        self
+    }
+
+    /// Default limits for policy plugins.
+    pub fn plugin_limits(mut self, limits: Limits) -> Self {
+        self.plugin_limits = limits;
+        self
+    }
+
     /// Wrap the check-in service with your own middleware. Layers see requests whose identity is
     /// already verified and pinned, and wrap event recording and the core; the first layer added
     /// is the outermost.
@@ -480,7 +502,18 @@ impl EngineBuilder {
             }
             None => DepOptions::new(&self.public_url),
         };
-        let dep = DepService::new(store.clone(), seal.clone(), outbox.clone(), dep_options);
+        let chain = Arc::new(PolicyChain::new(Some(outbox.clone())));
+        let plugins = PluginRegistry::open(
+            chain.clone(),
+            store.clone(),
+            outbox.clone(),
+            self.plugin_limits,
+            &self.plugins,
+        )
+        .await
+        .map_err(|e| EngineError::Invalid(format!("policy plugins: {e}")))?;
+        let dep = DepService::new(store.clone(), seal.clone(), outbox.clone(), dep_options)
+            .with_policy(chain.clone());
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(EngineInner {
             store,
@@ -491,6 +524,7 @@ impl EngineBuilder {
             scep,
             enroll,
             dep,
+            plugins,
             pusher,
             apns,
             metrics,
@@ -540,6 +574,11 @@ impl Engine {
     /// DEP / Apple Business Manager: servers, sync, profiles, assignment.
     pub fn dep(&self) -> &DepService {
         &self.inner.dep
+    }
+
+    /// Policy plugins: upload, list, remove (the chain itself: [`PluginRegistry::chain`]).
+    pub fn plugins(&self) -> &PluginRegistry {
+        &self.inner.plugins
     }
 
     /// The APNs pusher (push certificates, health).

@@ -17,6 +17,10 @@ async fn main() -> anyhow::Result<()> {
             cli::init_logging(cli::LogFormat::Text);
             cli::dep::run(&remote, command).await
         }
+        Command::Plugin(cmd) => {
+            cli::init_logging(cli::LogFormat::Text);
+            cli::plugin::run(cmd)
+        }
         Command::Push(cmd) => {
             cli::init_logging(cli::LogFormat::Text);
             cli::push::run(cmd).await

@@ -89,3 +89,99 @@ fn a_bad_team_flag_is_explained() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("PLATFORM=TEAM"), "{}", stderr(&out));
 }
+
+#[test]
+fn plugin_test_prints_one_decision_per_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("policy.lua");
+    std::fs::write(
+        &plugin,
+        r#"return { auto_assign = function(e)
+             if e.serial_number == "LOOP" then while true do end end
+             if e.device_family == "Mac" then return { assign = pomona.config.profile } end
+           end }"#,
+    )
+    .unwrap();
+    let fixture = dir.path().join("events.json");
+    std::fs::write(
+        &fixture,
+        r#"[{"server": "hq", "serial_number": "C1", "device_family": "Mac", "op_type": "added"},
+            {"server": "hq", "serial_number": "P1", "device_family": "iPad", "op_type": "added"},
+            {"server": "hq", "serial_number": "LOOP", "op_type": "added"},
+            {"serial_number": "no server"}]"#,
+    )
+    .unwrap();
+    let out = pomona(&[
+        "plugin",
+        "test",
+        plugin.to_str().unwrap(),
+        "--hook",
+        "auto-assign",
+        "--fixture",
+        fixture.to_str().unwrap(),
+        "--config",
+        "profile=macs",
+        "--instructions",
+        "100000",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"index": 0, "decision": {"assign": "macs"}, "error": null})
+    );
+    assert_eq!(
+        lines[1],
+        serde_json::json!({"index": 1, "decision": null, "error": null})
+    );
+    assert_eq!(lines[2]["error"], "plugin exceeded its instruction limit");
+    assert!(
+        lines[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `server`"),
+        "{}",
+        lines[3]
+    );
+}
+
+#[test]
+fn plugin_test_fails_when_the_plugin_does_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("bad.lua");
+    std::fs::write(&plugin, "return {").unwrap();
+    let fixture = dir.path().join("f.json");
+    std::fs::write(&fixture, "[]").unwrap();
+    let args = [
+        "plugin",
+        "test",
+        plugin.to_str().unwrap(),
+        "--hook",
+        "place",
+        "--fixture",
+        fixture.to_str().unwrap(),
+    ];
+    let out = pomona(&args);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bad.lua"), "{}", stderr(&out));
+    std::fs::write(&fixture, "{}").unwrap();
+    std::fs::write(&plugin, "return { place = function() end }").unwrap();
+    let out = pomona(&args);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("JSON array"), "{}", stderr(&out));
+    let out = pomona(&[
+        "plugin",
+        "test",
+        plugin.to_str().unwrap(),
+        "--hook",
+        "deploy",
+        "--fixture",
+        "x",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unknown hook"), "{}", stderr(&out));
+}

@@ -659,3 +659,122 @@ async fn the_pomona_dep_cli_end_to_end() {
     let shown = cli.run(&["show", "hq"]).await;
     assert!(shown.contains("\"macos\": \"Mac fleet\""), "{shown}");
 }
+
+async fn put_plugin(r: &Rig, name: &str, query: &str, source: &str) -> (u16, Value) {
+    let res = r
+        .server
+        .client
+        .put(format!("{}/v1/plugins/{name}{query}", r.server.url))
+        .bearer_auth(TEST_API_KEY)
+        .body(source.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// A Lua plugin uploaded through the API decides which profile each device gets; a hostile
+/// plugin ahead of it is contained and falls through; removing the plugin restores the default.
+#[tokio::test]
+async fn uploaded_plugins_change_auto_assignment() {
+    let r = rig(10).await;
+    let r2 = r
+        .server
+        .client
+        .put(format!("{}/v1/dep/profiles/ipads", r.server.url))
+        .bearer_auth(TEST_API_KEY)
+        .json(&json!({"profile_name": "iPads"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r2.status(), 200);
+    let (status, j) = put_plugin(
+        &r,
+        "looper",
+        "?config.note=x",
+        "return { auto_assign = function() while true do end end }",
+    )
+    .await;
+    assert_eq!(status, 200, "{j}");
+    let (status, j) = put_plugin(
+        &r,
+        "by-family",
+        "?hooks=auto-assign",
+        r#"return { auto_assign = function(e)
+             if e.device_family == "iPad" then return { assign = "ipads" } end
+             if e.serial_number:sub(1, 4) == "SKIP" then return { skip = true } end
+           end }"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["runtime"], "lua");
+    assert_eq!(j["hooks"], json!(["auto-assign"]));
+    let (status, j) = put_plugin(&r, "broken", "", "return {").await;
+    assert_eq!(status, 400, "{j}");
+    assert!(j.to_string().contains("broken"), "{j}");
+
+    r.abm.add("PAD1", "iPad");
+    r.abm.add("MAC1", "Mac");
+    r.abm.add("SKIP1", "Mac");
+    sync(&r, false).await;
+    assert_eq!(device(&r, "PAD1").await["assigned_profile"], "ipads");
+    assert_eq!(
+        device(&r, "MAC1").await["assigned_profile"],
+        "standard",
+        "no opinion: the default"
+    );
+    assert_eq!(device(&r, "SKIP1").await["assigned_profile"], Value::Null);
+
+    let list = r.server.api().get("/v1/plugins").await.unwrap().json;
+    let names: Vec<_> = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("looper"), json!("by-family")]);
+    assert_eq!(list["plugins"][0]["stats"]["limit_hits"], 3, "{list}");
+    assert_eq!(list["plugins"][1]["stats"]["decisions"], 2, "{list}");
+    let events = r
+        .server
+        .api()
+        .get("/v1/events?after=0&limit=1000")
+        .await
+        .unwrap()
+        .json;
+    let failed: Vec<_> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "plugin.failed")
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "one event per plugin per minute, counters for every call"
+    );
+    assert_eq!(failed[0]["data"]["plugin"], "looper");
+
+    let res = r
+        .server
+        .api()
+        .delete("/v1/plugins/by-family")
+        .await
+        .unwrap();
+    assert_eq!(res.status, 204);
+    assert_eq!(
+        r.server
+            .api()
+            .delete("/v1/plugins/by-family")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    r.abm.add("PAD2", "iPad");
+    sync(&r, false).await;
+    assert_eq!(device(&r, "PAD2").await["assigned_profile"], "standard");
+}

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod dep;
+pub mod plugin;
 pub mod push;
 pub mod serve;
 
@@ -32,6 +33,9 @@ pub enum Command {
         #[command(subcommand)]
         command: dep::DepCommand,
     },
+    /// Policy plugins: test one offline over fixtures.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Push certificates: make a CSR, upload the certificate.
     #[command(subcommand)]
     Push(push::PushCommand),

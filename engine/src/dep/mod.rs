@@ -10,6 +10,7 @@ mod sync;
 
 pub use sync::SyncReport;
 
+use crate::policy::PolicyChain;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -114,6 +115,7 @@ pub struct DepService {
     options: DepOptions,
     clients: Mutex<HashMap<String, (String, Arc<DepClient>)>>,
     running: tokio::sync::Mutex<()>,
+    policy: Arc<PolicyChain>,
 }
 
 impl std::fmt::Debug for DepService {
@@ -156,7 +158,16 @@ impl DepService {
             options,
             clients: Mutex::new(HashMap::new()),
             running: tokio::sync::Mutex::new(()),
+            policy: Arc::new(PolicyChain::new(None)),
         }
+    }
+
+    /// Ask `policy`'s `auto-assign` plugins which profile each synced device gets; the built-in
+    /// rule (the server's default profile for new, re-added, moved-in and `removed` devices)
+    /// decides when no plugin has an opinion.
+    pub fn with_policy(mut self, policy: Arc<PolicyChain>) -> Self {
+        self.policy = policy;
+        self
     }
 
     async fn server(&self, name: &str) -> Result<DepServer, DepServiceError> {

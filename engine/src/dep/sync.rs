@@ -1,6 +1,8 @@
 //! The syncer (cursor state machine) and the assigner (work queue → Apple).
 
 use std::collections::BTreeMap;
+
+use crate::policy::{AssignDecision, DepEvent, OpType};
 use std::time::Duration;
 
 use serde_json::json;
@@ -60,6 +62,31 @@ fn wants_assignment(op: &str, known: Option<&DepDeviceRecord>, d: &Device) -> bo
         "added" => true,
         "fetched" | "modified" => known.is_none() || removed || known.is_some_and(|k| !k.present),
         _ => known.is_none(),
+    }
+}
+
+/// The `auto-assign` input for one device of a page.
+fn policy_event(server: &str, op: &str, known: Option<&DepDeviceRecord>, d: &Device) -> DepEvent {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    DepEvent {
+        server: server.to_owned(),
+        serial_number: d.serial_number.clone(),
+        model: text(&d.model),
+        description: text(&d.description),
+        color: text(&d.color),
+        device_family: text(&d.device_family),
+        os: text(&d.os),
+        profile_status: text(&d.profile_status),
+        profile_uuid: d.profile_uuid.clone().filter(|u| !u.is_empty()),
+        op_type: match op {
+            "added" => OpType::Added,
+            "deleted" => OpType::Deleted,
+            "fetched" => OpType::Fetched,
+            _ => OpType::Modified,
+        },
+        op_date: d.op_date.clone(),
+        known: known.is_some(),
+        team: None,
     }
 }
 
@@ -197,12 +224,26 @@ impl DepService {
                     SyncPhase::Fetch => "fetched".to_owned(),
                     SyncPhase::Sync => d.op_type.clone().unwrap_or_else(|| "modified".into()),
                 };
-                if let Some(profile) = &s.default_profile
-                    && wants_assignment(&op, known.as_ref(), &d)
-                {
-                    commit
-                        .assign
-                        .push((d.serial_number.clone(), profile.clone()));
+                let builtin = || match &s.default_profile {
+                    Some(p) if wants_assignment(&op, known.as_ref(), &d) => {
+                        AssignDecision::Assign(p.clone())
+                    }
+                    _ => AssignDecision::Skip,
+                };
+                let decided = self
+                    .policy
+                    .auto_assign(&policy_event(&s.name, &op, known.as_ref(), &d), builtin)
+                    .await;
+                match decided.decision {
+                    AssignDecision::Assign(profile) => {
+                        commit.assign.push((d.serial_number.clone(), profile));
+                    }
+                    AssignDecision::Skip => {}
+                    AssignDecision::RetryAfter(secs) => {
+                        // Re-asked when Apple next reports the device (a timed re-ask is part
+                        // of the durable setup flow, not yet built).
+                        tracing::info!(server = %s.name, serial = %d.serial_number, secs, by = %decided.by, "auto-assign asked to retry later");
+                    }
                 }
                 commit
                     .events

@@ -9,7 +9,9 @@
 //! the `pomona:policy@0.1.0` world from `sdk/wit`).
 
 pub mod chain;
+pub mod loader;
 pub mod lua;
+pub mod registry;
 pub mod stats;
 pub mod types;
 

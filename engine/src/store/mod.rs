@@ -8,12 +8,14 @@
 pub mod conformance;
 pub mod dep;
 pub mod model;
+pub mod plugins;
 pub mod redb;
 
 use async_trait::async_trait;
 
 pub use dep::*;
 pub use model::*;
+pub use plugins::*;
 
 use crate::wire::checkin::{Authenticate, TokenUpdate};
 use crate::wire::command::Command;
@@ -267,6 +269,7 @@ pub trait Store:
     + ChallengeStore
     + DeviceInfoStore
     + DepStore
+    + PluginStore
     + 'static
 {
 }
@@ -282,6 +285,7 @@ impl<T> Store for T where
         + ChallengeStore
         + DeviceInfoStore
         + DepStore
+        + PluginStore
         + 'static
 {
 }

@@ -6,6 +6,7 @@ mod dep;
 mod enrollments;
 pub mod error;
 mod events;
+mod plugins;
 mod pushcert;
 mod views;
 
@@ -48,6 +49,16 @@ pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
         .route("/v1/dep/devices", get(dep::list_devices))
         .route("/v1/dep/profiles", get(dep::list_profiles))
         .route("/v1/dep/profiles/{name}", put(dep::put_profile))
+        .route("/v1/plugins", get(plugins::list))
+        .route(
+            "/v1/plugins/{name}",
+            get(plugins::get)
+                .put(plugins::put)
+                .delete(plugins::delete)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    plugins::MAX_PLUGIN_BYTES,
+                )),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
             auth::require_api_key,

@@ -9,6 +9,7 @@ mod dep;
 mod enrollments;
 mod identity;
 mod misc;
+mod plugins;
 mod queue;
 mod tables;
 

@@ -54,6 +54,10 @@ pub const DEP_DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::n
 pub const DEP_DUE: TableDefinition<(i64, &str, &str), ()> = TableDefinition::new("dep_assign_due");
 /// Profile template name → JSON [`crate::store::ProfileTemplate`].
 pub const DEP_PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("dep_profiles");
+/// Uploaded policy plugins: name → settings (JSON).
+pub const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
+/// Uploaded policy plugins: name → source bytes.
+pub const PLUGIN_SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_sources");
 
 /// Create every table so read transactions never meet a missing one.
 pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
@@ -82,7 +86,9 @@ pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
         DEP_SERVERS,
         DEP_DEVICES,
         DEP_DUE,
-        DEP_PROFILES
+        DEP_PROFILES,
+        PLUGINS,
+        PLUGIN_SOURCES
     );
     Ok(())
 }
