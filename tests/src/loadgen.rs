@@ -36,6 +36,8 @@ pub enum Scenario {
     Push,
     /// DEP initial fetch and assignment of `--devices` devices from the fake ABM.
     Dep,
+    /// `--devices` auto-assign decisions through the plugin chain with `--plugin` loaded.
+    Policy,
 }
 
 /// How devices authenticate.
@@ -71,6 +73,25 @@ pub struct Options {
     /// Device authentication.
     #[arg(long, value_enum, default_value = "signature")]
     pub auth: Auth,
+    /// A policy plugin (`.lua` or `.wasm`) for the Policy scenario, or uploaded before the DEP sync.
+    #[arg(long)]
+    pub plugin: Option<std::path::PathBuf>,
+    /// A configuration value for `--plugin` (repeatable).
+    #[arg(long = "plugin-config", value_name = "KEY=VALUE")]
+    pub plugin_config: Vec<String>,
+}
+
+impl Options {
+    fn plugin_config(&self) -> anyhow::Result<pomona::policy::PluginConfig> {
+        self.plugin_config
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .ok_or_else(|| anyhow::anyhow!("--plugin-config {kv:?}: expected KEY=VALUE"))
+            })
+            .collect()
+    }
 }
 
 /// Measured results.
@@ -156,6 +177,7 @@ pub async fn run(engine: &pomona::Engine, server: &str, opts: &Options) -> anyho
         Scenario::Scep => return run_scep(engine, server, opts).await,
         Scenario::Push => return run_push(engine, opts).await,
         Scenario::Dep => return run_dep(engine, opts).await,
+        Scenario::Policy => return run_policy(opts).await,
         _ => {}
     }
     let client = reqwest::Client::builder()
@@ -206,7 +228,7 @@ pub async fn run(engine: &pomona::Engine, server: &str, opts: &Options) -> anyho
                     auth,
                 });
             }
-            Scenario::Scep | Scenario::Push | Scenario::Dep => {
+            Scenario::Scep | Scenario::Push | Scenario::Dep | Scenario::Policy => {
                 unreachable!("handled by their own runners")
             }
             Scenario::Roundtrip => {
@@ -518,6 +540,13 @@ async fn run_dep(engine: &pomona::Engine, opts: &Options) -> anyhow::Result<Repo
         },
     )
     .await?;
+    if let Some(path) = &opts.plugin {
+        let info = engine
+            .plugins()
+            .put("loadgen", std::fs::read(path)?, None, opts.plugin_config()?)
+            .await?;
+        eprintln!("plugin {} ({:?}) answers {:?}", path.display(), info.runtime, info.hooks);
+    }
     let before = peak_rss_kib();
     let start = Instant::now();
     let report = dep.sync_server("load", false).await?;
@@ -544,5 +573,71 @@ async fn run_dep(engine: &pomona::Engine, opts: &Options) -> anyhow::Result<Repo
         errors: (opts.devices - assigned) as u64,
         elapsed,
         latency: [Duration::ZERO; 4],
+    })
+}
+
+/// The Policy scenario: load `--plugin`, warm it up, then time `--devices` auto-assign decisions
+/// through the chain one by one (per-call latency) — what the DEP syncer does per device.
+async fn run_policy(opts: &Options) -> anyhow::Result<Report> {
+    use pomona::policy::{AssignDecision, DepEvent, LoadedPlugin, OpType, PolicyChain, loader};
+    let path = opts
+        .plugin
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the policy scenario needs --plugin FILE"))?;
+    let source = std::fs::read(path)?;
+    let config = opts.plugin_config()?;
+    let (runtime, plugin) =
+        loader::load("loadgen", &source, &config, pomona::policy::Limits::default())?;
+    let chain = PolicyChain::new(None);
+    chain.replace(vec![std::sync::Arc::new(LoadedPlugin::new(
+        "loadgen", runtime, &source, plugin, None,
+    ))]);
+    let families = ["Mac", "iPad", "iPhone", "AppleTV"];
+    let models = ["MacBook Air", "MacBook Pro", "Mac mini", "iPad Pro", "iPhone 16"];
+    let event = |i: usize| DepEvent {
+        server: if i % 2 == 0 { "hq" } else { "branch" }.into(),
+        serial_number: format!("C{:02}{i:08}", i % 100),
+        model: models[i % models.len()].into(),
+        description: String::new(),
+        color: "space gray".into(),
+        device_family: families[i % families.len()].into(),
+        os: "OSX".into(),
+        profile_status: "empty".into(),
+        profile_uuid: None,
+        op_type: OpType::Added,
+        op_date: None,
+        known: false,
+        team: None,
+    };
+    for i in 0..1000 {
+        chain.auto_assign(&event(i), || AssignDecision::Skip).await;
+    }
+    let mut latencies = Vec::with_capacity(opts.devices);
+    let mut decided = 0u64;
+    let start = Instant::now();
+    for i in 0..opts.devices {
+        let e = event(i);
+        let t = Instant::now();
+        let d = chain.auto_assign(&e, || AssignDecision::Skip).await;
+        latencies.push(t.elapsed());
+        if d.by != "default" {
+            decided += 1;
+        }
+    }
+    let elapsed = start.elapsed();
+    let stats = chain.plugins()[0].stats.snapshot();
+    eprintln!(
+        "{runtime:?} plugin {}: {decided} decisions by the plugin, {} errors, {} limit hits",
+        path.display(),
+        stats.errors,
+        stats.limit_hits
+    );
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
+    Ok(Report {
+        ok: opts.devices as u64 - stats.errors - stats.limit_hits,
+        errors: stats.errors + stats.limit_hits,
+        elapsed,
+        latency: [pct(0.5), pct(0.9), pct(0.99), *latencies.last().unwrap_or(&Duration::ZERO)],
     })
 }

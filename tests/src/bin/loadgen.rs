@@ -7,6 +7,7 @@
 //! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 500 --scenario scep --concurrency 8
 //! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 100000 --scenario push --connections 4
 //! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 100000 --scenario dep
+//! cargo run --release -p pomona-testkit --bin pomona-loadgen -- --devices 100000 --scenario policy --plugin plugins/place-by-model/place_by_model.lua
 //! ```
 
 use clap::Parser;
@@ -85,6 +86,19 @@ fn main() -> anyhow::Result<()> {
                 report.rate(),
                 fake.pushes().len()
             ),
+            loadgen::Scenario::Policy => {
+                let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+                println!(
+                    "Policy: {} decisions in {:.3} s = {:.0}/s; per decision p50 {:.2} µs, p90 {:.2} µs, p99 {:.2} µs, max {:.1} µs",
+                    report.ok + report.errors,
+                    report.elapsed.as_secs_f64(),
+                    (report.ok + report.errors) as f64 / report.elapsed.as_secs_f64(),
+                    us(report.latency[0]),
+                    us(report.latency[1]),
+                    us(report.latency[2]),
+                    us(report.latency[3])
+                )
+            }
             s => println!("{s:?} ({:?}): {report}", args.opts.auth),
         }
         server.stop().await;
