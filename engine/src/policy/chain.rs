@@ -36,6 +36,21 @@ pub struct LoadedPlugin {
     pub stats: PluginStats,
     plugin: Box<dyn PolicyPlugin>,
     last_event: Mutex<Option<Instant>>,
+    breaker: Mutex<Breaker>,
+}
+
+/// Consecutive failures after which a plugin is skipped for [`QUARANTINE`].
+pub const TRIP_AFTER: u32 = 5;
+/// How long a plugin that keeps failing is skipped (its hooks fall through without a call).
+pub const QUARANTINE: Duration = Duration::from_secs(60);
+
+/// Keeps a plugin that fails call after call (say, one that loops to its time limit on every
+/// device) from slowing every decision down: after [`TRIP_AFTER`] failures in a row it is skipped
+/// for [`QUARANTINE`], then tried again.
+#[derive(Debug, Default)]
+struct Breaker {
+    consecutive: u32,
+    open_until: Option<Instant>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -74,6 +89,26 @@ impl LoadedPlugin {
             stats: PluginStats::default(),
             plugin,
             last_event: Mutex::new(None),
+            breaker: Mutex::new(Breaker::default()),
+        }
+    }
+
+    /// Whether the plugin is being skipped after failing too often in a row.
+    pub fn quarantined(&self) -> bool {
+        let b = self.breaker.lock().expect("breaker lock");
+        b.open_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn note(&self, failed: bool) {
+        let mut b = self.breaker.lock().expect("breaker lock");
+        if !failed {
+            *b = Breaker::default();
+            return;
+        }
+        b.consecutive += 1;
+        if b.consecutive >= TRIP_AFTER {
+            b.open_until = Some(Instant::now() + QUARANTINE);
+            b.consecutive = 0;
         }
     }
 
@@ -94,6 +129,7 @@ impl LoadedPlugin {
             Err(e) => Outcome::Error(e),
         };
         self.stats.record(hook, started.elapsed(), outcome);
+        self.note(result.is_err());
         result
     }
 
@@ -104,6 +140,7 @@ impl LoadedPlugin {
             runtime: self.runtime,
             sha256: self.sha256.clone(),
             hooks: self.hooks.clone(),
+            quarantined: self.quarantined(),
             stats: self.stats.snapshot(),
         }
     }
@@ -133,6 +170,8 @@ pub struct PluginInfo {
     pub sha256: String,
     /// Hooks it answers.
     pub hooks: Vec<Hook>,
+    /// Skipped for now after failing too often in a row.
+    pub quarantined: bool,
     /// Counters and latency.
     pub stats: StatsSnapshot,
 }
@@ -207,6 +246,10 @@ impl PolicyChain {
     pub async fn decide(&self, input: &HookInput) -> Option<Decided<Decision>> {
         let hook = input.hook();
         for p in self.plugins().iter().filter(|p| p.hooks.contains(&hook)) {
+            if p.quarantined() {
+                p.stats.record_skip();
+                continue;
+            }
             match p.call(input) {
                 Ok(Some(decision)) => {
                     return Some(Decided {
@@ -407,6 +450,33 @@ mod tests {
         );
         assert_eq!(stats[4].calls, 0, "a plugin is asked only for its hooks");
         assert_eq!(stats[6].calls, 0, "nobody is asked after a decision");
+    }
+
+    #[tokio::test]
+    async fn a_plugin_that_keeps_failing_is_skipped_for_a_while() {
+        let chain = PolicyChain::new(None);
+        chain.replace(vec![plugin(
+            "looping",
+            Hook::AutoAssign,
+            Err(PluginError::Limit(LimitKind::Timeout)),
+        )]);
+        for _ in 0..(TRIP_AFTER + 10) {
+            chain
+                .auto_assign(&dep_event(), || AssignDecision::Skip)
+                .await;
+        }
+        let p = &chain.plugins()[0];
+        let s = p.stats.snapshot();
+        assert_eq!((s.limit_hits, s.skipped), (u64::from(TRIP_AFTER), 10));
+        assert!(p.describe().quarantined);
+        // Success resets the count (a flaky plugin is not quarantined).
+        let flaky = plugin("flaky", Hook::AutoAssign, Ok(None));
+        for _ in 0..(TRIP_AFTER - 1) {
+            flaky.note(true);
+        }
+        flaky.note(false);
+        flaky.note(true);
+        assert!(!flaky.quarantined());
     }
 
     #[tokio::test]

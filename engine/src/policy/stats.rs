@@ -17,6 +17,7 @@ pub struct PluginStats {
     no_opinion: AtomicU64,
     errors: AtomicU64,
     limit_hits: AtomicU64,
+    skipped: AtomicU64,
     recent: Mutex<Recent>,
 }
 
@@ -40,6 +41,8 @@ pub struct StatsSnapshot {
     pub errors: u64,
     /// Calls stopped by a limit.
     pub limit_hits: u64,
+    /// Calls not made because the plugin was quarantined after failing in a row.
+    pub skipped: u64,
     /// Median latency over recent calls, in microseconds.
     pub p50_us: f64,
     /// 99th-percentile latency over recent calls, in microseconds.
@@ -80,6 +83,11 @@ impl PluginStats {
         }
     }
 
+    /// Record a call not made (quarantine).
+    pub(crate) fn record_skip(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A consistent-enough snapshot for display.
     pub fn snapshot(&self) -> StatsSnapshot {
         let r = self.recent.lock().expect("stats lock");
@@ -98,6 +106,7 @@ impl PluginStats {
             no_opinion: self.no_opinion.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             limit_hits: self.limit_hits.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
             p50_us: pct(0.5),
             p99_us: pct(0.99),
             last_error: r.last_error.as_ref().map(|(h, e)| format!("{h}: {e}")),
