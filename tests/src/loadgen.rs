@@ -545,7 +545,12 @@ async fn run_dep(engine: &pomona::Engine, opts: &Options) -> anyhow::Result<Repo
             .plugins()
             .put("loadgen", std::fs::read(path)?, None, opts.plugin_config()?)
             .await?;
-        eprintln!("plugin {} ({:?}) answers {:?}", path.display(), info.runtime, info.hooks);
+        eprintln!(
+            "plugin {} ({:?}) answers {:?}",
+            path.display(),
+            info.runtime,
+            info.hooks
+        );
     }
     let before = peak_rss_kib();
     let start = Instant::now();
@@ -586,14 +591,24 @@ async fn run_policy(opts: &Options) -> anyhow::Result<Report> {
         .ok_or_else(|| anyhow::anyhow!("the policy scenario needs --plugin FILE"))?;
     let source = std::fs::read(path)?;
     let config = opts.plugin_config()?;
-    let (runtime, plugin) =
-        loader::load("loadgen", &source, &config, pomona::policy::Limits::default())?;
+    let (runtime, plugin) = loader::load(
+        "loadgen",
+        &source,
+        &config,
+        pomona::policy::Limits::default(),
+    )?;
     let chain = PolicyChain::new(None);
     chain.replace(vec![std::sync::Arc::new(LoadedPlugin::new(
         "loadgen", runtime, &source, plugin, None,
     ))]);
     let families = ["Mac", "iPad", "iPhone", "AppleTV"];
-    let models = ["MacBook Air", "MacBook Pro", "Mac mini", "iPad Pro", "iPhone 16"];
+    let models = [
+        "MacBook Air",
+        "MacBook Pro",
+        "Mac mini",
+        "iPad Pro",
+        "iPhone 16",
+    ];
     let event = |i: usize| DepEvent {
         server: if i % 2 == 0 { "hq" } else { "branch" }.into(),
         serial_number: format!("C{:02}{i:08}", i % 100),
@@ -638,6 +653,11 @@ async fn run_policy(opts: &Options) -> anyhow::Result<Report> {
         ok: opts.devices as u64 - stats.errors - stats.limit_hits,
         errors: stats.errors + stats.limit_hits,
         elapsed,
-        latency: [pct(0.5), pct(0.9), pct(0.99), *latencies.last().unwrap_or(&Duration::ZERO)],
+        latency: [
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            *latencies.last().unwrap_or(&Duration::ZERO),
+        ],
     })
 }

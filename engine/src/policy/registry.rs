@@ -390,7 +390,9 @@ mod tests {
             r.delete("declared").await,
             Err(RegistryError::Declared(_))
         ));
-        let r = registry(store.clone(), std::slice::from_ref(&declared)).await.unwrap();
+        let r = registry(store.clone(), std::slice::from_ref(&declared))
+            .await
+            .unwrap();
         let names: Vec<_> = r.list().into_iter().map(|p| p.name).collect();
         assert_eq!(names, ["declared", "uploaded"]);
         r.delete("uploaded").await.unwrap();
