@@ -610,7 +610,7 @@ async fn run_policy(opts: &Options) -> anyhow::Result<Report> {
         "iPhone 16",
     ];
     let event = |i: usize| DepEvent {
-        server: if i % 2 == 0 { "hq" } else { "branch" }.into(),
+        server: if i.is_multiple_of(2) { "hq" } else { "branch" }.into(),
         serial_number: format!("C{:02}{i:08}", i % 100),
         model: models[i % models.len()].into(),
         description: String::new(),
