@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use pomona::policy::{Hook, HookInput, Limits, PluginConfig, loader};
+use pomona::policy::{Hook, Limits, PluginConfig, fixture, loader};
 
 /// `pomona plugin …`
 #[derive(Debug, Subcommand)]
@@ -112,14 +112,7 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<()> {
         );
     }
     let mut out = std::io::stdout().lock();
-    for (index, record) in records.into_iter().enumerate() {
-        let result = HookInput::from_fixture(hook, record)
-            .map_err(|e| format!("fixture record {index}: {e}"))
-            .and_then(|input| plugin.call(&input).map_err(|e| e.to_string()));
-        let line = match result {
-            Ok(d) => json!({"index": index, "decision": d.map(|d| d.to_json()), "error": null}),
-            Err(e) => json!({"index": index, "decision": null, "error": e}),
-        };
+    for line in fixture::lines(plugin.as_ref(), hook, records) {
         writeln!(out, "{line}")?;
     }
     Ok(())

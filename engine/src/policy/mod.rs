@@ -9,6 +9,7 @@
 //! the `pomona:policy@0.1.0` world from `sdk/wit`).
 
 pub mod chain;
+pub mod fixture;
 pub mod loader;
 pub mod lua;
 pub mod registry;
