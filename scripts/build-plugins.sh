@@ -38,7 +38,7 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknow
   exit 1
 fi
 
-guests=(auto-assign-rules test-guest)
+guests=(auto-assign-rules test-guest test-escape)
 manifest=plugins/Cargo.toml
 cargo build --locked --manifest-path "$manifest" --release --target wasm32-unknown-unknown \
   $(printf -- '-p %s ' "${guests[@]}")

@@ -2,6 +2,7 @@
 
 use super::chain::Runtime;
 use super::lua::LuaPlugin;
+use super::wasm::WasmPlugin;
 use super::{Limits, PluginConfig, PluginError, PolicyPlugin};
 
 /// The runtime `source` is for: a WASM binary starts with `\0asm`; anything else is Lua.
@@ -22,12 +23,7 @@ pub fn load(
 ) -> Result<(Runtime, Box<dyn PolicyPlugin>), PluginError> {
     let runtime = runtime_of(source);
     let plugin: Box<dyn PolicyPlugin> = match runtime {
-        Runtime::Wasm => {
-            // The wasmtime host (policy/wasm.rs) is being added; until then say so plainly.
-            return Err(PluginError::Load(
-                "this build of the engine has no WASM runtime yet; use a Lua plugin".into(),
-            ));
-        }
+        Runtime::Wasm => Box::new(WasmPlugin::load(name, source, config, limits)?),
         Runtime::Lua => {
             let text = std::str::from_utf8(source).map_err(|e| {
                 PluginError::Load(format!(

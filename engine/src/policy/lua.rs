@@ -18,6 +18,7 @@ use mlua::{
     Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, MultiValue, StdLib, Table, Value, VmState,
 };
 
+use super::plugin_log::{LogBudget, LogLevel};
 use super::{
     Decision, Hook, HookInput, LimitKind, Limits, PluginConfig, PluginError, PolicyPlugin,
 };
@@ -57,6 +58,8 @@ struct Budget {
     /// The limit this call hit, if any (`LimitKind as u64 + 1`).
     hit: AtomicU64,
     epoch: std::sync::OnceLock<Instant>,
+    /// Log lines left in this call.
+    log: LogBudget,
 }
 
 impl Budget {
@@ -71,6 +74,7 @@ impl Budget {
         self.deadline_ns
             .store(deadline.as_nanos() as u64, Ordering::Relaxed);
         self.hit.store(0, Ordering::Relaxed);
+        self.log.reset();
     }
 
     fn set_hit(&self, kind: LimitKind) {
@@ -182,6 +186,7 @@ impl PolicyPlugin for LuaPlugin {
         }
         let interp = self.checkout()?;
         let result = interp.call(hook, input, &self.limits);
+        interp.budget.log.finish(&self.name);
         // An interpreter that hit a limit may be mid-way through anything: never reuse it.
         if !matches!(result, Err(PluginError::Limit(_))) {
             self.checkin(interp);
@@ -229,9 +234,9 @@ impl Interpreter {
             .load(source)
             .set_name(format!("={name}"))
             .set_mode(ChunkMode::Text);
-        let returned: Value = chunk
-            .eval()
-            .map_err(|e| interp.classify(&e).unwrap_or_else(|| load_err(e)))?;
+        let returned = chunk.eval::<Value>();
+        interp.budget.log.finish(name);
+        let returned = returned.map_err(|e| interp.classify(&e).unwrap_or_else(|| load_err(e)))?;
         let Value::Table(table) = returned else {
             return Err(PluginError::Load(format!(
                 "a plugin must return a table of hook functions, not {}",
@@ -330,12 +335,13 @@ fn sandbox(lua: &Lua, name: &str, config: &PluginConfig, budget: &Arc<Budget>) -
 
     let pomona = lua.create_table()?;
     let plugin = name.to_owned();
+    let b = budget.clone();
     let log = lua.create_function(move |_, args: MultiValue| {
         let text: Vec<String> = args
             .iter()
             .map(|v| v.to_string().unwrap_or_default())
             .collect();
-        tracing::info!(plugin = %plugin, "{}", text.join(" "));
+        b.log.write(&plugin, LogLevel::Info, &text.join(" "));
         Ok(())
     })?;
     pomona.raw_set("log", log.clone())?;
