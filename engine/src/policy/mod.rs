@@ -12,9 +12,11 @@ pub mod chain;
 pub mod fixture;
 pub mod loader;
 pub mod lua;
+pub mod plugin_log;
 pub mod registry;
 pub mod stats;
 pub mod types;
+pub mod wasm;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
