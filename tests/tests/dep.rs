@@ -660,13 +660,13 @@ async fn the_pomona_dep_cli_end_to_end() {
     assert!(shown.contains("\"macos\": \"Mac fleet\""), "{shown}");
 }
 
-async fn put_plugin(r: &Rig, name: &str, query: &str, source: &str) -> (u16, Value) {
+async fn put_plugin(r: &Rig, name: &str, query: &str, source: impl AsRef<[u8]>) -> (u16, Value) {
     let res = r
         .server
         .client
         .put(format!("{}/v1/plugins/{name}{query}", r.server.url))
         .bearer_auth(TEST_API_KEY)
-        .body(source.to_owned())
+        .body(source.as_ref().to_vec())
         .send()
         .await
         .unwrap();
@@ -777,4 +777,57 @@ async fn uploaded_plugins_change_auto_assignment() {
     r.abm.add("PAD2", "iPad");
     sync(&r, false).await;
     assert_eq!(device(&r, "PAD2").await["assigned_profile"], "standard");
+}
+
+/// A Rust plugin compiled to a WASM component, uploaded through the API, assigns profiles by the
+/// rules in its configuration; a hostile component behind it is contained by its limits.
+#[tokio::test]
+async fn an_uploaded_wasm_plugin_assigns_by_rules() {
+    let r = rig(10).await;
+    let res = r
+        .server
+        .client
+        .put(format!("{}/v1/dep/profiles/ipads", r.server.url))
+        .bearer_auth(TEST_API_KEY)
+        .json(&json!({"profile_name": "iPads"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let rules = include_bytes!("../../plugins/dist/auto-assign-rules.wasm");
+    let (status, j) = put_plugin(
+        &r,
+        "rules",
+        "?config.family.iPad=ipads&config.serial.SKIP=@skip",
+        rules,
+    )
+    .await;
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["runtime"], "wasm");
+    assert_eq!(j["hooks"], json!(["auto-assign"]));
+    let hostile = include_bytes!("../../plugins/dist/test-guest.wasm");
+    let (status, j) = put_plugin(&r, "hostile", "?config.hooks=auto-assign", hostile).await;
+    assert_eq!(status, 200, "{j}");
+    let (status, j) = put_plugin(&r, "half", "", &rules[..rules.len() / 2]).await;
+    assert_eq!(status, 400, "a truncated component is refused: {j}");
+
+    r.abm.add("PAD1", "iPad");
+    r.abm.add("SKIP1", "Mac");
+    r.abm.add("loop", "Mac");
+    r.abm.add("alloc", "Mac");
+    sync(&r, false).await;
+    assert_eq!(device(&r, "PAD1").await["assigned_profile"], "ipads");
+    assert_eq!(device(&r, "SKIP1").await["assigned_profile"], Value::Null);
+    for serial in ["loop", "alloc"] {
+        assert_eq!(
+            device(&r, serial).await["assigned_profile"],
+            "standard",
+            "{serial}: the hostile plugin hit a limit, so the default decided"
+        );
+    }
+    let list = r.server.api().get("/v1/plugins").await.unwrap().json;
+    let stats = |i: usize| list["plugins"][i]["stats"].clone();
+    assert_eq!(list["plugins"][0]["name"], "rules", "{list}");
+    assert_eq!(stats(0)["decisions"], 2, "{list}");
+    assert_eq!(stats(1)["limit_hits"], 2, "{list}");
 }
