@@ -1,0 +1,96 @@
+-- release-when-done: let a device out of Setup Assistant once its setup steps are done.
+--
+-- Hook: release(device, progress) -> "release" | { wait = seconds } | { hold = "reason" }
+--
+-- Setup is done when every required step is terminal: succeeded, failed or skipped. Optional
+-- steps (required = false) are never waited for. Until setup is done the answer is
+-- { wait = poll_secs }, never past the timeout; once `timeout_secs` have passed since the device
+-- enrolled it is released anyway, so a stuck step cannot keep a device in Setup Assistant.
+--
+-- Configuration (plugin config; every value is a string):
+--
+--   on_failure    What a failed required step means:
+--                   "release" (default): it counts as done, like any terminal step;
+--                   "hold": keep the device in Setup Assistant until an admin releases it. The
+--                   hold starts as soon as a required step has failed and ignores the timeout.
+--   timeout_secs  Release anyway after this many seconds since enrollment (default 1800).
+--   poll_secs     How long to wait before asking again while steps run (default 30).
+--
+-- An unreadable value (say timeout_secs = "soon") is logged and the default used instead.
+
+---@type pomona.Plugin
+local plugin = {}
+
+local TERMINAL = { succeeded = true, failed = true, skipped = true }
+
+-- `v` if it is a string, else "".
+local function text(v)
+  if type(v) == "string" then
+    return v
+  end
+  return ""
+end
+
+-- A whole number of seconds from the config, or `default`.
+local function seconds(key, default, minimum)
+  local raw = text(pomona.config[key])
+  if raw == "" then
+    return default
+  end
+  local n = math.tointeger(tonumber(raw))
+  if n == nil or n < minimum then
+    pomona.log("release-when-done: ignoring", key, "=", raw, "(want a whole number >= " .. minimum .. ")")
+    return default
+  end
+  return n
+end
+
+local on_failure = text(pomona.config.on_failure):lower()
+if on_failure ~= "hold" and on_failure ~= "release" then
+  if on_failure ~= "" then
+    pomona.log("release-when-done: ignoring on_failure =", on_failure, "(want hold or release)")
+  end
+  on_failure = "release"
+end
+local timeout_secs = seconds("timeout_secs", 1800, 0)
+local poll_secs = seconds("poll_secs", 30, 1)
+
+---@param device pomona.Device
+---@param progress pomona.Progress
+---@return pomona.ReleaseDecision
+function plugin.release(device, progress)
+  if type(progress) ~= "table" then
+    progress = {}
+  end
+  local steps = progress.steps
+  if type(steps) ~= "table" then
+    steps = {}
+  end
+  local elapsed = math.tointeger(progress.elapsed_secs) or 0
+
+  local unfinished, failed = 0, {}
+  for _, step in ipairs(steps) do
+    if type(step) == "table" and step.required ~= false then
+      local status = text(step.status)
+      if status == "failed" then
+        failed[#failed + 1] = text(step.id)
+      end
+      if not TERMINAL[status] then
+        unfinished = unfinished + 1
+      end
+    end
+  end
+
+  if on_failure == "hold" and #failed > 0 then
+    if #failed == 1 then
+      return { hold = "required step " .. failed[1] .. " failed" }
+    end
+    return { hold = "required steps failed: " .. table.concat(failed, ", ") }
+  end
+  if unfinished == 0 or elapsed >= timeout_secs then
+    return "release"
+  end
+  return { wait = math.min(poll_secs, timeout_secs - elapsed) }
+end
+
+return plugin
