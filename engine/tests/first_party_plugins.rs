@@ -568,3 +568,107 @@ fn lua_editor_stubs_name_every_decision_shape() {
         }
     }
 }
+
+#[test]
+fn first_party_lua_plugins_refuse_configuration_they_cannot_read() {
+    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        (
+            "place-by-model",
+            &[("famliy.Mac", "Macs")],
+            r#"unknown config key "famliy.Mac": expected model.<prefix>, family.<family>, default or keep_current"#,
+        ),
+        (
+            "place-by-model",
+            &[("model.", "Macs")],
+            r#"unknown config key "model.""#,
+        ),
+        (
+            "place-by-model",
+            &[("model.MacBook", " ")],
+            "model.MacBook has an empty team name (use @none for no team)",
+        ),
+        (
+            "place-by-model",
+            &[("family.mac", "A"), ("family.Mac", "B")],
+            "family.Mac and family.mac differ only in case",
+        ),
+        (
+            "place-by-model",
+            &[("keep_current", "yes")],
+            r#"keep_current must be "true" or "false", not "yes""#,
+        ),
+        (
+            "setup-basic",
+            &[("profile", "wifi")],
+            r#"unknown config key "profile": expected profiles, team.<team>.profiles, optional, account or account.*"#,
+        ),
+        (
+            "setup-basic",
+            &[("team.Retail.profile", "kiosk")],
+            r#"unknown config key "team.Retail.profile""#,
+        ),
+        (
+            "setup-basic",
+            &[("account.admin", "1")],
+            r#"account.admin must be "true" or "false", not "1""#,
+        ),
+        (
+            "release-when-done",
+            &[("timeout", "60")],
+            r#"unknown config key "timeout": expected on_failure, timeout_secs or poll_secs"#,
+        ),
+        (
+            "release-when-done",
+            &[("on_failure", "sometimes")],
+            r#"on_failure must be "hold" or "release", not "sometimes""#,
+        ),
+        (
+            "release-when-done",
+            &[("timeout_secs", "soon")],
+            r#"timeout_secs must be a whole number of seconds, at least 0, not "soon""#,
+        ),
+        (
+            "release-when-done",
+            &[("timeout_secs", "-5")],
+            r#"timeout_secs must be a whole number of seconds, at least 0, not "-5""#,
+        ),
+        (
+            "release-when-done",
+            &[("poll_secs", "1.5")],
+            r#"poll_secs must be a whole number of seconds, at least 1, not "1.5""#,
+        ),
+        (
+            "release-when-done",
+            &[("poll_secs", "0")],
+            r#"poll_secs must be a whole number of seconds, at least 1, not "0""#,
+        ),
+    ];
+    let source = |name: &str| {
+        let path = repo().join(format!("plugins/{name}/{name}.lua"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    };
+    for name in ["place-by-model", "setup-basic", "release-when-done"] {
+        let loaded = load(name, &source(name), &PluginConfig::new());
+        assert!(
+            loaded.is_ok(),
+            "{name} with no configuration: {:?}",
+            loaded.err()
+        );
+    }
+    for (name, config, want) in cases {
+        let config: PluginConfig = config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let err = load(name, &source(name), &config)
+            .err()
+            .unwrap_or_else(|| panic!("{name} loaded with {config:?}"));
+        let PluginError::Load(message) = &err else {
+            panic!("{name} with {config:?}: {err:?}");
+        };
+        assert!(
+            message.starts_with(want),
+            "{name} with {config:?}: {message:?} does not start with {want:?}"
+        );
+    }
+}

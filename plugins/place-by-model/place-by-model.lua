@@ -12,15 +12,18 @@
 --   default          Team for devices no rule matches. Without it they get no opinion (nil).
 --   keep_current     "true": leave a device that already has a team alone (nil). Default "false".
 --
--- A team value of "-" means "no team": the device is taken out of any team. An empty value
--- switches the rule off, as if it were not there.
+-- A team value of "@none" means "no team": the device is taken out of any team.
 --
 -- A device with neither a model nor a family is unknown: no opinion, whatever the rules say.
+--
+-- A configuration the plugin cannot read (an unknown key, an empty team, two keys naming the same
+-- prefix or family in different case, keep_current other than "true" or "false") is refused when
+-- the plugin loads, with the reason, so a typo cannot silently leave devices unplaced.
 
 ---@type pomona.Plugin
 local plugin = {}
 
-local NO_TEAM = "-"
+local NO_TEAM = "@none"
 
 -- `v` if it is a string, else "" (fields may be missing or of the wrong type).
 local function text(v)
@@ -30,75 +33,61 @@ local function text(v)
   return ""
 end
 
-local function trim(s)
-  return s:match("^%s*(.-)%s*$")
+-- Refuse the configuration: the plugin does not load, and the engine says why.
+local function refuse(message)
+  error(message, 0)
 end
 
-local function flag(value, default)
-  local v = trim(text(value)):lower()
-  if v == "true" or v == "yes" or v == "1" then
-    return true
-  elseif v == "false" or v == "no" or v == "0" then
-    return false
-  end
-  if v ~= "" then
-    pomona.log("place-by-model: ignoring unreadable flag value", value)
-  end
-  return default
-end
-
--- A config value as a place decision: "-" is no team, "" is no rule (nil).
-local function decision(value)
-  local team = trim(value)
+-- A config value as a place decision: "@none" is no team.
+local function decision(key, value)
+  local team = value:match("^%s*(.-)%s*$")
   if team == "" then
-    return nil
+    refuse(key .. " has an empty team name (use @none for no team)")
   elseif team == NO_TEAM then
     return { no_team = true }
   end
   return { team = team }
 end
 
--- The rules, read once when the plugin loads. Keys are visited in sorted order so that two keys
--- differing only in case resolve the same way every time (the first in byte order wins).
-local model_rules = {} -- { prefix = lower-case prefix, key = config key, decision = ... }
+-- The rules, read once when the plugin loads.
+local model_rules = {} -- { prefix = lower-case prefix, decision = ... }, longest prefix first
 local family_rules = {} -- lower-case family -> decision
 local default_decision = nil
 local keep_current = false
 
 do
-  local config = pomona.config or {}
-  local keys = {}
-  for key in pairs(config) do
-    keys[#keys + 1] = key
-  end
-  table.sort(keys)
-  for _, key in ipairs(keys) do
-    local value = text(config[key])
+  local seen = {} -- lower-case key -> the key as written, to catch case-only duplicates
+  for key, raw in pairs(pomona.config) do
+    local value = text(raw)
     local prefix = key:match("^model%.(.+)$")
     local family = key:match("^family%.(.+)$")
+    local lower = key:lower()
+    if seen[lower] then
+      local a, b = seen[lower], key
+      if b < a then
+        a, b = b, a
+      end
+      refuse(a .. " and " .. b .. " differ only in case")
+    end
+    seen[lower] = key
     if prefix then
-      local d = decision(value)
-      if d then
-        model_rules[#model_rules + 1] = { prefix = prefix:lower(), key = key, decision = d }
-      end
+      model_rules[#model_rules + 1] = { prefix = prefix:lower(), decision = decision(key, value) }
     elseif family then
-      family = family:lower()
-      if family_rules[family] == nil then
-        family_rules[family] = decision(value)
-      end
+      family_rules[family:lower()] = decision(key, value)
     elseif key == "default" then
-      default_decision = decision(value)
+      default_decision = decision(key, value)
     elseif key == "keep_current" then
-      keep_current = flag(value, false)
+      if value ~= "true" and value ~= "false" then
+        refuse('keep_current must be "true" or "false", not "' .. value .. '"')
+      end
+      keep_current = value == "true"
     else
-      pomona.log("place-by-model: ignoring unknown config key", key)
+      refuse('unknown config key "' .. key .. '": expected model.<prefix>, family.<family>, '
+        .. "default or keep_current")
     end
   end
   table.sort(model_rules, function(a, b)
-    if #a.prefix ~= #b.prefix then
-      return #a.prefix > #b.prefix
-    end
-    return a.key < b.key
+    return #a.prefix > #b.prefix
   end)
 end
 

@@ -16,7 +16,9 @@
 --   timeout_secs  Release anyway after this many seconds since enrollment (default 1800).
 --   poll_secs     How long to wait before asking again while steps run (default 30).
 --
--- An unreadable value (say timeout_secs = "soon") is logged and the default used instead.
+-- A configuration the plugin cannot read (an unknown key, on_failure other than "hold" or
+-- "release", a number of seconds that is not a whole number, poll_secs = "0") is refused when the
+-- plugin loads, with the reason.
 
 ---@type pomona.Plugin
 local plugin = {}
@@ -31,26 +33,35 @@ local function text(v)
   return ""
 end
 
--- A whole number of seconds from the config, or `default`.
+-- Refuse the configuration: the plugin does not load, and the engine says why.
+local function refuse(message)
+  error(message, 0)
+end
+
+local config = pomona.config
+for key in pairs(config) do
+  if key ~= "on_failure" and key ~= "timeout_secs" and key ~= "poll_secs" then
+    refuse('unknown config key "' .. key .. '": expected on_failure, timeout_secs or poll_secs')
+  end
+end
+
+-- A whole number of seconds, at least `minimum`, from the config; `default` when unset.
 local function seconds(key, default, minimum)
-  local raw = text(pomona.config[key])
-  if raw == "" then
+  local value = config[key]
+  if value == nil then
     return default
   end
-  local n = math.tointeger(tonumber(raw))
+  local n = math.tointeger(tonumber(value))
   if n == nil or n < minimum then
-    pomona.log("release-when-done: ignoring", key, "=", raw, "(want a whole number >= " .. minimum .. ")")
-    return default
+    local why = '%s must be a whole number of seconds, at least %d, not "%s"'
+    refuse(why:format(key, minimum, value))
   end
   return n
 end
 
-local on_failure = text(pomona.config.on_failure):lower()
+local on_failure = config.on_failure or "release"
 if on_failure ~= "hold" and on_failure ~= "release" then
-  if on_failure ~= "" then
-    pomona.log("release-when-done: ignoring on_failure =", on_failure, "(want hold or release)")
-  end
-  on_failure = "release"
+  refuse('on_failure must be "hold" or "release", not "' .. on_failure .. '"')
 end
 local timeout_secs = seconds("timeout_secs", 1800, 0)
 local poll_secs = seconds("poll_secs", 30, 1)

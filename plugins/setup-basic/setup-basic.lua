@@ -24,6 +24,9 @@
 --
 -- A device that gets no step at all gets no opinion (nil), so another plugin or the engine's
 -- default decides.
+--
+-- A configuration the plugin cannot read (an unknown key, a flag other than "true" or "false") is
+-- refused when the plugin loads, with the reason.
 
 ---@type pomona.Plugin
 local plugin = {}
@@ -40,17 +43,9 @@ local function trim(s)
   return s:match("^%s*(.-)%s*$")
 end
 
-local function flag(value, default)
-  local v = trim(text(value)):lower()
-  if v == "true" or v == "yes" or v == "1" then
-    return true
-  elseif v == "false" or v == "no" or v == "0" then
-    return false
-  end
-  if v ~= "" then
-    pomona.log("setup-basic: ignoring unreadable flag value", value)
-  end
-  return default
+-- Refuse the configuration: the plugin does not load, and the engine says why.
+local function refuse(message)
+  error(message, 0)
 end
 
 -- The names in a comma-separated list, trimmed, without empty entries.
@@ -65,18 +60,45 @@ local function list(value)
   return names
 end
 
-local config = pomona.config or {}
+local config = pomona.config
+
+local function flag(key, default)
+  local value = config[key]
+  if value == nil then
+    return default
+  elseif value ~= "true" and value ~= "false" then
+    refuse(key .. ' must be "true" or "false", not "' .. tostring(value) .. '"')
+  end
+  return value == "true"
+end
+
+local KNOWN_KEYS = {
+  profiles = true,
+  optional = true,
+  account = true,
+  ["account.username"] = true,
+  ["account.full_name"] = true,
+  ["account.admin"] = true,
+  ["account.lock"] = true,
+}
+for key in pairs(config) do
+  if not KNOWN_KEYS[key] and not key:match("^team%..+%.profiles$") then
+    refuse('unknown config key "' .. key .. '": expected profiles, team.<team>.profiles, '
+      .. "optional, account or account.*")
+  end
+end
+
 local common_profiles = list(config.profiles)
 local optional = {}
 for _, name in ipairs(list(config.optional)) do
   optional[name] = true
 end
-local account_enabled = flag(config.account, true)
+local account_enabled = flag("account", true)
 local account_defaults = {
   username = trim(text(config["account.username"])),
   full_name = trim(text(config["account.full_name"])),
-  admin = flag(config["account.admin"], false),
-  lock = flag(config["account.lock"], false),
+  admin = flag("account.admin", false),
+  lock = flag("account.lock", false),
 }
 
 local function is_mac(device)

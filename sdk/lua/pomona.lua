@@ -83,14 +83,14 @@
 
 ---Answer of `auto_assign`: assign a named enrollment profile, leave the device alone, or ask
 ---again after some seconds.
----@alias pomona.AssignDecision { assign: string } | { skip: true } | { retry_after: integer }
+---@alias pomona.AssignDecision { assign: string }|{ skip: true }|{ retry_after: integer }
 
 ---Answer of `place`: put the device in a team, or in none.
----@alias pomona.PlaceDecision { team: string } | { no_team: true }
+---@alias pomona.PlaceDecision { team: string }|{ no_team: true }
 
 ---Answer of `release`: send DeviceConfigured now, ask again after some seconds, or keep the
 ---device in Setup Assistant until an admin releases it (the reason is shown to the admin).
----@alias pomona.ReleaseDecision "release" | { release: true } | { wait: integer } | { hold: string }
+---@alias pomona.ReleaseDecision "release"|{ release: true }|{ wait: integer }|{ hold: string }
 
 ---A local account to create during Setup Assistant (macOS `AccountConfiguration`).
 ---@class pomona.AccountStep
@@ -121,17 +121,23 @@
 -- The plugin -----------------------------------------------------------------------------------
 
 ---What a plugin chunk returns: any of the four hooks. Each returns nil for "no opinion".
+---`auto_assign`: which enrollment profile an Apple Business Manager device gets.
+---`place`: which team a device belongs to.
+---`setup_steps`: what the engine installs while Setup Assistant waits (an empty list: nothing).
+---`release`: when a device leaves Setup Assistant.
 ---@class pomona.Plugin
----@field auto_assign? fun(event: pomona.DepEvent): pomona.AssignDecision? Which enrollment profile an Apple Business Manager device gets.
----@field place? fun(device: pomona.Device): pomona.PlaceDecision? Which team a device belongs to.
----@field setup_steps? fun(device: pomona.Device): pomona.Step[]? What the engine installs while Setup Assistant waits (an empty list: nothing).
----@field release? fun(device: pomona.Device, progress: pomona.Progress): pomona.ReleaseDecision? When a device leaves Setup Assistant.
+---@field auto_assign? fun(event: pomona.DepEvent): pomona.AssignDecision?
+---@field place? fun(device: pomona.Device): pomona.PlaceDecision?
+---@field setup_steps? fun(device: pomona.Device): pomona.Step[]?
+---@field release? fun(device: pomona.Device, progress: pomona.Progress): pomona.ReleaseDecision?
 
 -- The host -------------------------------------------------------------------------------------
 
----What the engine gives every plugin, as the global `pomona`.
+---What the engine gives every plugin, as the global `pomona`. `config` is this plugin's
+---configuration: `config` of its `[[plugins]]` entry in the engine's file, or the
+---`config.KEY=VALUE` query parameters of its upload (`PUT /v1/plugins/{name}`).
 ---@class pomona.Host
----@field config table<string, string> This plugin's configuration: `[[plugins]]` `config` in the engine's file, or `config.KEY=VALUE` query parameters of the upload.
+---@field config table<string, string>
 pomona = {
   config = {},
 }
