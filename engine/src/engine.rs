@@ -648,6 +648,24 @@ impl Engine {
                 async move { collect_garbage(&inner, &retention).await }
             },
         ));
+        // DEP: each server syncs when its own interval has elapsed; due assignments go out.
+        let inner = self.inner.clone();
+        tasks.push(every(&self.inner.shutdown, DEP_TICK, move || {
+            let inner = inner.clone();
+            async move { inner.dep.tick().await }
+        }));
+        // APNs: wake devices that have been silent too long (paced, see `ApnsOptions`).
+        let inner = self.inner.clone();
+        tasks.push(every(&self.inner.shutdown, REARM_TICK, move || {
+            let inner = inner.clone();
+            async move {
+                match inner.apns.rearm().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pushed = n, "re-armed silent devices"),
+                    Err(err) => tracing::warn!(%err, "push re-arm failed"),
+                }
+            }
+        }));
     }
 }
 
@@ -677,6 +695,12 @@ async fn collect_garbage(inner: &EngineInner, retention: &RetentionConfig) {
         tracing::warn!(%err, "event pruning failed");
     }
 }
+
+/// How often the DEP syncer looks for servers whose sync interval elapsed.
+const DEP_TICK: Duration = Duration::from_secs(60);
+
+/// How often silent devices are looked for and pushed.
+const REARM_TICK: Duration = Duration::from_secs(3600);
 
 /// Run `f` every `period` until shutdown.
 fn every<F, Fut>(shutdown: &watch::Sender<bool>, period: Duration, f: F) -> JoinHandle<()>
