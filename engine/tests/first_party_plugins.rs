@@ -569,9 +569,16 @@ fn lua_editor_stubs_name_every_decision_shape() {
     }
 }
 
+/// A configuration a plugin must refuse: plugin, configuration, how the load error starts.
+type Refusal = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
 #[test]
 fn first_party_lua_plugins_refuse_configuration_they_cannot_read() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    let cases: &[Refusal] = &[
         (
             "place-by-model",
             &[("famliy.Mac", "Macs")],
