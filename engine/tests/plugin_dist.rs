@@ -61,7 +61,9 @@ fn committed_components_are_built_from_the_current_sources() {
     let files = sources(&repo);
     assert!(
         files.iter().any(|f| f == "sdk/wit/since_v0.1.0/policy.wit")
-            && files.iter().any(|f| f == "plugins/auto-assign-rules/src/lib.rs"),
+            && files
+                .iter()
+                .any(|f| f == "plugins/auto-assign-rules/src/lib.rs"),
         "the source rule found too little: {files:?}"
     );
     let recorded = std::fs::read_to_string(repo.join("plugins/dist/SOURCES.sha256"))
@@ -75,6 +77,10 @@ fn committed_components_are_built_from_the_current_sources() {
     for component in ["auto-assign-rules", "test-guest", "test-escape"] {
         let path = repo.join(format!("plugins/dist/{component}.wasm"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0", "{component} is a component");
+        assert_eq!(
+            &bytes[..8],
+            b"\0asm\x0d\0\x01\0",
+            "{component} is a component"
+        );
     }
 }
