@@ -185,3 +185,51 @@ fn plugin_test_fails_when_the_plugin_does_not_load() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("unknown hook"), "{}", stderr(&out));
 }
+
+/// The same command runs a WASM component: limits show per record, and a component that imports
+/// more than the host offers does not load.
+#[test]
+fn plugin_test_runs_wasm_components() {
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("devices.json");
+    std::fs::write(
+        &fixture,
+        r#"[{"serial_number": "no-team", "stage": "synced"},
+            {"serial_number": "loop", "stage": "synced"},
+            {"serial_number": "none", "stage": "synced"}]"#,
+    )
+    .unwrap();
+    let run = |component: &str| {
+        pomona(&[
+            "plugin",
+            "test",
+            &format!("{repo}/plugins/dist/{component}.wasm"),
+            "--hook",
+            "place",
+            "--fixture",
+            fixture.to_str().unwrap(),
+        ])
+    };
+    let out = run("test-guest");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            serde_json::json!({"index": 0, "decision": {"no_team": true}, "error": null}),
+            serde_json::json!({"index": 1, "decision": null, "error": "plugin exceeded its instruction limit"}),
+            serde_json::json!({"index": 2, "decision": null, "error": null}),
+        ]
+    );
+    let out = run("test-escape");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("imports the engine does not offer"),
+        "{}",
+        stderr(&out)
+    );
+}

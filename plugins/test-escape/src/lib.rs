@@ -31,7 +31,10 @@ impl Plugin for Escape {
 
     fn place(_device: Device) -> Result<Option<PlaceDecision>, String> {
         let bytes = filesystem::wasi::filesystem::preopens::read_file("/etc/passwd");
-        Ok(Some(PlaceDecision::Team(format!("read {} bytes", bytes.len()))))
+        Ok(Some(PlaceDecision::Team(format!(
+            "read {} bytes",
+            bytes.len()
+        ))))
     }
 }
 
