@@ -9,6 +9,7 @@ pub mod checkin;
 pub mod client_cert;
 pub mod cms;
 pub mod command;
+pub mod config_profile;
 pub mod dep;
 pub mod der;
 pub mod enrollment_id;
