@@ -102,6 +102,7 @@ pub async fn run_all<S: Store>(store: &S) {
     listing(store).await;
     challenges(store).await;
     machine_info(store).await;
+    profile_library(store).await;
 }
 
 async fn machine_info<S: Store>(store: &S) {
@@ -625,4 +626,83 @@ async fn listing<S: Store>(store: &S) {
         .unwrap()
         .unwrap();
     assert!(e.last_seen_at.unwrap() > now());
+}
+
+fn profile(name: &str, identifier: &str, bytes: &[u8], at: Timestamp) -> StoredProfile {
+    use crate::wire::config_profile::{PayloadSummary, PlistFormat, ProfileInfo};
+    StoredProfile {
+        meta: ProfileMeta {
+            name: name.into(),
+            sha256: hex::encode(openssl::sha::sha256(bytes)),
+            size: bytes.len() as u64,
+            uploaded_at: at,
+            profile: ProfileInfo {
+                identifier: identifier.into(),
+                uuid: format!("UUID-{identifier}"),
+                display_name: Some(format!("Profile {name}")),
+                description: None,
+                organization: None,
+                scope: None,
+                user_scoped: false,
+                removal_disallowed: false,
+                format: PlistFormat::Xml,
+                signed: false,
+                signer: None,
+                payloads: vec![PayloadSummary {
+                    payload_type: "com.apple.wifi.managed".into(),
+                    identifier: format!("{identifier}.wifi"),
+                    uuid: format!("UUID-{identifier}.wifi"),
+                    display_name: None,
+                }],
+            },
+        },
+        bytes: bytes.to_vec(),
+    }
+}
+
+async fn profile_library<S: Store>(store: &S) {
+    assert!(store.profile("wifi").await.unwrap().is_none());
+    assert!(!store.delete_profile("wifi").await.unwrap());
+    let t0 = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+    let wifi = profile("wifi", "com.example.wifi", b"<plist>one</plist>", t0);
+    assert!(!store.put_profile(&wifi).await.unwrap(), "created");
+    let vpn = profile("a-vpn", "com.example.vpn", &[0u8, 159, 146, 150, 255], t0);
+    assert!(!store.put_profile(&vpn).await.unwrap());
+    assert_eq!(
+        store.profile("wifi").await.unwrap(),
+        Some(wifi.clone()),
+        "metadata and bytes round-trip"
+    );
+    assert_eq!(
+        store.profile("a-vpn").await.unwrap().unwrap().bytes,
+        vpn.bytes,
+        "non-UTF-8 bytes are kept exactly"
+    );
+    let names: Vec<String> = store
+        .profiles()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["a-vpn", "wifi"], "listed by name");
+
+    let replaced = profile(
+        "wifi",
+        "com.example.wifi",
+        b"<plist>two, longer</plist>",
+        t0 + Duration::minutes(5),
+    );
+    assert!(store.put_profile(&replaced).await.unwrap(), "replaced");
+    let got = store.profile("wifi").await.unwrap().unwrap();
+    assert_eq!(got, replaced, "bytes and metadata replaced together");
+    assert_eq!(store.profiles().await.unwrap().len(), 2);
+    assert_eq!(store.profiles().await.unwrap()[1], replaced.meta);
+
+    assert!(store.delete_profile("wifi").await.unwrap());
+    assert!(store.profile("wifi").await.unwrap().is_none());
+    assert!(!store.delete_profile("wifi").await.unwrap());
+    assert_eq!(store.profiles().await.unwrap(), vec![vpn.meta.clone()]);
+    assert!(store.delete_profile("a-vpn").await.unwrap());
+    assert!(store.profiles().await.unwrap().is_empty());
 }

@@ -9,6 +9,7 @@ pub mod conformance;
 pub mod dep;
 pub mod model;
 pub mod plugins;
+pub mod profiles;
 pub mod redb;
 
 use async_trait::async_trait;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 pub use dep::*;
 pub use model::*;
 pub use plugins::*;
+pub use profiles::*;
 
 use crate::wire::checkin::{Authenticate, TokenUpdate};
 use crate::wire::command::Command;
@@ -270,6 +272,7 @@ pub trait Store:
     + DeviceInfoStore
     + DepStore
     + PluginStore
+    + ProfileStore
     + 'static
 {
 }
@@ -286,6 +289,7 @@ impl<T> Store for T where
         + DeviceInfoStore
         + DepStore
         + PluginStore
+        + ProfileStore
         + 'static
 {
 }

@@ -10,6 +10,7 @@ mod enrollments;
 mod identity;
 mod misc;
 mod plugins;
+mod profiles;
 mod queue;
 mod tables;
 

@@ -58,6 +58,10 @@ pub const DEP_PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("dep
 pub const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
 /// Uploaded policy plugins: name → source bytes.
 pub const PLUGIN_SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_sources");
+/// Profile library: name → JSON [`crate::store::ProfileMeta`].
+pub const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+/// Profile library: name → the `.mobileconfig` bytes as uploaded.
+pub const PROFILE_BYTES: TableDefinition<&str, &[u8]> = TableDefinition::new("profile_bytes");
 
 /// Create every table so read transactions never meet a missing one.
 pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
@@ -88,6 +92,8 @@ pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
         DEP_DUE,
         DEP_PROFILES,
         PLUGINS,
+        PROFILES,
+        PROFILE_BYTES,
         PLUGIN_SOURCES
     );
     Ok(())
