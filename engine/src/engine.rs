@@ -37,6 +37,7 @@ use crate::mdm::{
 use crate::metrics::Metrics;
 use crate::policy::registry::{DeclaredPlugin, PluginRegistry};
 use crate::policy::{Limits, PolicyChain};
+use crate::profiles::ProfileLibrary;
 use crate::push::Pusher;
 use crate::push::apns::{ApnsOptions, ApnsPusher};
 use crate::scep::{ScepOptions, ScepService};
@@ -91,6 +92,7 @@ pub(crate) struct EngineInner {
     pub enroll: EnrollService,
     pub dep: DepService,
     pub plugins: PluginRegistry,
+    pub profiles: ProfileLibrary,
     pub pusher: Arc<dyn Pusher>,
     pub apns: Arc<ApnsPusher>,
     pub metrics: Arc<Metrics>,
@@ -514,6 +516,7 @@ impl EngineBuilder {
         .map_err(|e| EngineError::Invalid(format!("policy plugins: {e}")))?;
         let dep = DepService::new(store.clone(), seal.clone(), outbox.clone(), dep_options)
             .with_policy(chain.clone());
+        let profiles = ProfileLibrary::new(store.clone(), outbox.clone());
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(EngineInner {
             store,
@@ -525,6 +528,7 @@ impl EngineBuilder {
             enroll,
             dep,
             plugins,
+            profiles,
             pusher,
             apns,
             metrics,
@@ -579,6 +583,12 @@ impl Engine {
     /// Policy plugins: upload, list, remove (the chain itself: [`PluginRegistry::chain`]).
     pub fn plugins(&self) -> &PluginRegistry {
         &self.inner.plugins
+    }
+
+    /// The configuration-profile library: upload, list, remove, and the `InstallProfile`
+    /// command for a stored profile ([`ProfileLibrary::install_command`]).
+    pub fn profiles(&self) -> &ProfileLibrary {
+        &self.inner.profiles
     }
 
     /// The APNs pusher (push certificates, health).

@@ -22,6 +22,7 @@ pub mod http;
 pub mod mdm;
 pub mod metrics;
 pub mod policy;
+pub mod profiles;
 pub mod push;
 pub mod scep;
 pub mod seal;

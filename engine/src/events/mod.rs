@@ -65,6 +65,10 @@ pub mod kind {
     pub const PLUGIN_FAILED: &str = "plugin.failed";
     /// A policy plugin was loaded, replaced or removed.
     pub const PLUGIN_CHANGED: &str = "plugin.changed";
+    /// A configuration profile was added to the library or replaced (`data.change`).
+    pub const PROFILE_CHANGED: &str = "profile.changed";
+    /// A configuration profile was removed from the library.
+    pub const PROFILE_DELETED: &str = "profile.deleted";
 }
 
 /// Appends events durably, then broadcasts them.
