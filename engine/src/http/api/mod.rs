@@ -7,6 +7,7 @@ mod enrollments;
 pub mod error;
 mod events;
 mod plugins;
+mod profiles;
 mod pushcert;
 mod views;
 
@@ -57,6 +58,16 @@ pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
                 .delete(plugins::delete)
                 .layer(axum::extract::DefaultBodyLimit::max(
                     plugins::MAX_PLUGIN_BYTES,
+                )),
+        )
+        .route("/v1/profiles", get(profiles::list))
+        .route(
+            "/v1/profiles/{name}",
+            get(profiles::get)
+                .put(profiles::put)
+                .delete(profiles::delete)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::profiles::MAX_PROFILE_BYTES,
                 )),
         )
         .route_layer(axum::middleware::from_fn_with_state(
