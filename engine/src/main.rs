@@ -21,6 +21,10 @@ async fn main() -> anyhow::Result<()> {
             cli::init_logging(cli::LogFormat::Text);
             cli::plugin::run(cmd)
         }
+        Command::Profile { remote, command } => {
+            cli::init_logging(cli::LogFormat::Text);
+            cli::profile::run(&remote, command).await
+        }
         Command::Push(cmd) => {
             cli::init_logging(cli::LogFormat::Text);
             cli::push::run(cmd).await

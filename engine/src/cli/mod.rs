@@ -3,6 +3,7 @@
 pub mod client;
 pub mod dep;
 pub mod plugin;
+pub mod profile;
 pub mod push;
 pub mod serve;
 
@@ -36,6 +37,15 @@ pub enum Command {
     /// Policy plugins: test one offline over fixtures.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// The configuration-profile library: upload, list, show, delete (talks to the API).
+    Profile {
+        /// The engine.
+        #[command(flatten)]
+        remote: client::Remote,
+        /// What to do.
+        #[command(subcommand)]
+        command: profile::ProfileCommand,
+    },
     /// Push certificates: make a CSR, upload the certificate.
     #[command(subcommand)]
     Push(push::PushCommand),
