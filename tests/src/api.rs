@@ -79,6 +79,32 @@ impl ApiClient {
         .await
     }
 
+    /// PUT JSON.
+    pub async fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<ApiReply> {
+        Self::reply(
+            self.client
+                .put(format!("{}{path}", self.base))
+                .bearer_auth(&self.key)
+                .json(body)
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// PUT raw bytes (a plugin, a profile).
+    pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<ApiReply> {
+        Self::reply(
+            self.client
+                .put(format!("{}{path}", self.base))
+                .bearer_auth(&self.key)
+                .body(body)
+                .send()
+                .await?,
+        )
+        .await
+    }
+
     /// NanoMDM-style `PUT /v1/enqueue/{ids}` with a raw plist, using HTTP Basic auth.
     pub async fn enqueue_raw(
         &self,

@@ -116,6 +116,14 @@ pub struct DepService {
     clients: Mutex<HashMap<String, (String, Arc<DepClient>)>>,
     running: tokio::sync::Mutex<()>,
     policy: Arc<PolicyChain>,
+    placement: Option<Placement>,
+}
+
+/// Where team placement at sync reads and writes.
+#[derive(Clone)]
+pub(crate) struct Placement {
+    pub devices: Arc<dyn crate::store::DeviceStore>,
+    pub teams: Arc<dyn crate::store::TeamStore>,
 }
 
 impl std::fmt::Debug for DepService {
@@ -159,7 +167,20 @@ impl DepService {
             clients: Mutex::new(HashMap::new()),
             running: tokio::sync::Mutex::new(()),
             policy: Arc::new(PolicyChain::new(None)),
+            placement: None,
         }
+    }
+
+    /// Place every synced device in a team (the `place` hook, then its current team, then the
+    /// server's default team for its platform) and let the team's enrollment profile for the
+    /// platform be the built-in `auto-assign` answer, before the server's default profile.
+    pub fn with_teams(
+        mut self,
+        devices: Arc<dyn crate::store::DeviceStore>,
+        teams: Arc<dyn crate::store::TeamStore>,
+    ) -> Self {
+        self.placement = Some(Placement { devices, teams });
+        self
     }
 
     /// Ask `policy`'s `auto-assign` plugins which profile each synced device gets; the built-in

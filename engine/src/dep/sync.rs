@@ -11,9 +11,10 @@ use super::client::{DepClient, DepError};
 use super::{DepService, DepServiceError, now};
 use crate::events::{event, kind};
 use crate::store::{
-    AssignResult, DepDeviceRecord, DepPageCommit, DepServer, NewEvent, ProfileDefinition,
-    SyncPhase, TokenState,
+    AssignResult, DepDeviceRecord, DepPageCommit, DepServer, DeviceRecord, DeviceStage,
+    LifecycleWrite, NewEvent, ProfileDefinition, SyncPhase, TokenState,
 };
+use crate::teams::platform_of;
 use crate::wire::dep::{Device, Profile};
 
 /// Page size when Apple's `/account` gives none.
@@ -91,6 +92,62 @@ fn policy_event(server: &str, op: &str, known: Option<&DepDeviceRecord>, d: &Dev
 }
 
 impl DepService {
+    /// Place one synced device (when teams are wired): its team, and that team's enrollment
+    /// profile for the device's platform. The record goes into `placed`.
+    async fn place_synced(
+        &self,
+        s: &DepServer,
+        op: &str,
+        d: &Device,
+        placed: &mut LifecycleWrite,
+    ) -> Result<(Option<String>, Option<String>), DepServiceError> {
+        let Some(p) = &self.placement else {
+            return Ok((None, None));
+        };
+        let at = now();
+        let mut rec = match p.devices.device(&d.serial_number).await? {
+            Some(r) => r,
+            None => DeviceRecord {
+                serial_number: d.serial_number.clone(),
+                udid: None,
+                enrollment_id: None,
+                model: String::new(),
+                device_family: String::new(),
+                os: String::new(),
+                os_version: None,
+                dep_server: None,
+                stage: DeviceStage::Synced,
+                team: None,
+                placed_by: None,
+                user: None,
+                created_at: at,
+                updated_at: at,
+            },
+        };
+        let text = |v: &Option<String>, old: &str| v.clone().unwrap_or_else(|| old.to_owned());
+        rec.model = text(&d.model, &rec.model);
+        rec.device_family = text(&d.device_family, &rec.device_family);
+        rec.os = text(&d.os, &rec.os);
+        rec.dep_server = Some(s.name.clone());
+        rec.updated_at = at;
+        if op != "deleted"
+            && let Some(ev) = crate::setup::place(&self.policy, &mut rec, &s.default_teams).await
+        {
+            placed.events.push(ev);
+        }
+        let profile = match (&rec.team, platform_of(&rec.device_family)) {
+            (Some(t), Some(platform)) => p
+                .teams
+                .team(t)
+                .await?
+                .and_then(|t| t.enrollment_profiles.get(platform).cloned()),
+            _ => None,
+        };
+        let team = rec.team.clone();
+        placed.devices.push(rec);
+        Ok((team, profile))
+    }
+
     /// Sync one server now: fetch or sync pages until Apple has no more, committing each page
     /// with its devices, events, assignment work and cursor; then run the assigner.
     pub async fn sync_server(&self, name: &str, full: bool) -> Result<SyncReport, DepServiceError> {
@@ -218,22 +275,23 @@ impl DepService {
                 new_chain,
                 ..Default::default()
             };
+            let mut placed = LifecycleWrite::default();
             for d in devices {
                 let known = self.store.dep_device(&s.name, &d.serial_number).await?;
                 let op = match phase {
                     SyncPhase::Fetch => "fetched".to_owned(),
                     SyncPhase::Sync => d.op_type.clone().unwrap_or_else(|| "modified".into()),
                 };
-                let builtin = || match &s.default_profile {
+                let (team, team_profile) = self.place_synced(s, &op, &d, &mut placed).await?;
+                let builtin = || match team_profile.or_else(|| s.default_profile.clone()) {
                     Some(p) if wants_assignment(&op, known.as_ref(), &d) => {
-                        AssignDecision::Assign(p.clone())
+                        AssignDecision::Assign(p)
                     }
                     _ => AssignDecision::Skip,
                 };
-                let decided = self
-                    .policy
-                    .auto_assign(&policy_event(&s.name, &op, known.as_ref(), &d), builtin)
-                    .await;
+                let mut input = policy_event(&s.name, &op, known.as_ref(), &d);
+                input.team = team;
+                let decided = self.policy.auto_assign(&input, builtin).await;
                 match decided.decision {
                     AssignDecision::Assign(profile) => {
                         commit.assign.push((d.serial_number.clone(), profile));
@@ -255,6 +313,14 @@ impl DepService {
             report.queued += commit.assign.len();
             let events = self.store.commit_dep_page(&s.name, commit, now()).await?;
             self.outbox.broadcast(&events);
+            if let Some(p) = &self.placement
+                && !placed.is_empty()
+            {
+                // After the page: a crash in between is repaired by the next sync, which places
+                // the same devices again.
+                let events = p.devices.apply(placed, now()).await?;
+                self.outbox.broadcast(&events);
+            }
             new_chain = false;
             phase = if phase == SyncPhase::Fetch && !page.more_to_follow {
                 SyncPhase::Sync

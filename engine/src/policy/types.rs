@@ -580,7 +580,8 @@ fn typed<T: serde::de::DeserializeOwned>(v: &Value, what: &str) -> Result<T, Str
     serde_json::from_value(v.clone()).map_err(|e| format!("{what}: {e}"))
 }
 
-fn step_to_json(s: &Step) -> Value {
+/// One step in its Lua shape.
+pub fn step_to_json(s: &Step) -> Value {
     let (key, val) = match &s.action {
         StepAction::InstallProfile(p) => ("install_profile", json!(p)),
         StepAction::InstallPackage(p) => {

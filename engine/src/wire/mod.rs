@@ -18,3 +18,4 @@ pub mod mobileconfig;
 pub mod plist_json;
 pub mod report;
 pub mod scep;
+pub mod setup;

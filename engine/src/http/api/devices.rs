@@ -1,0 +1,176 @@
+//! Device endpoints under `/v1/devices`: the joined device view, its setup, team and release.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, ApiResult};
+use crate::engine::EngineInner;
+use crate::setup::SetupError;
+use crate::store::{DeviceQuery, DeviceStage};
+use crate::teams::platform_of;
+use crate::wire::enrollment_id::EnrollmentId;
+
+impl From<SetupError> for ApiError {
+    fn from(e: SetupError) -> Self {
+        match e {
+            SetupError::UnknownDevice(_) => Self::NotFound(e.to_string()),
+            SetupError::NotEnrolled(_) => Self::Conflict(e.to_string()),
+            SetupError::UnknownTeam(_) => Self::BadRequest(e.to_string()),
+            SetupError::Store(s) => Self::Store(s),
+        }
+    }
+}
+
+/// Query of `GET /v1/devices`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    team: Option<String>,
+    stage: Option<DeviceStage>,
+    dep_server: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/devices[?team=&stage=&dep_server=&after=&limit=]`.
+pub async fn list(
+    State(inner): State<Arc<EngineInner>>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    let devices = inner
+        .store
+        .list_devices(&DeviceQuery {
+            team: q.team,
+            stage: q.stage,
+            dep_server: q.dep_server,
+            after: q.after,
+            limit: q.limit,
+        })
+        .await?;
+    let next = devices.last().map(|d| d.serial_number.clone());
+    Ok(Json(json!({ "devices": devices, "next_after": next })).into_response())
+}
+
+/// `GET /v1/devices/{serial}`: the device joined with its DEP record, enrollment and setup.
+pub async fn get(
+    State(inner): State<Arc<EngineInner>>,
+    Path(serial): Path<String>,
+) -> ApiResult<Response> {
+    let device =
+        inner.store.device(&serial).await?.ok_or_else(|| {
+            ApiError::NotFound(format!("no device with serial number {serial:?}"))
+        })?;
+    let dep = match &device.dep_server {
+        Some(s) => inner.store.dep_device(s, &serial).await?,
+        None => None,
+    };
+    let (enrollment, setup) = match &device.enrollment_id {
+        Some(id) => (
+            inner
+                .store
+                .enrollment(&EnrollmentId::new(id.clone()))
+                .await?,
+            inner.store.setup(id).await?,
+        ),
+        None => (None, None),
+    };
+    let enrollment = enrollment.map(|e| {
+        json!({
+            "id": e.id,
+            "enabled": e.enabled,
+            "awaiting_configuration": e.awaiting_configuration,
+            "token_update_tally": e.token_update_tally,
+            "authenticated_at": e.authenticated_at,
+        })
+    });
+    Ok(Json(json!({
+        "device": device,
+        "platform": platform_of(&device.device_family),
+        "dep": dep,
+        "enrollment": enrollment,
+        "setup": setup,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/devices/{serial}/setup`: its setup steps, their status and how it was released.
+pub async fn setup(
+    State(inner): State<Arc<EngineInner>>,
+    Path(serial): Path<String>,
+) -> ApiResult<Response> {
+    let device =
+        inner.store.device(&serial).await?.ok_or_else(|| {
+            ApiError::NotFound(format!("no device with serial number {serial:?}"))
+        })?;
+    let setup = match &device.enrollment_id {
+        Some(id) => inner.store.setup(id).await?,
+        None => None,
+    };
+    let setup = setup.ok_or_else(|| {
+        ApiError::NotFound(format!("device {serial:?} has no setup (not enrolled yet, or enrolled without waiting in Setup Assistant)"))
+    })?;
+    Ok(Json(setup).into_response())
+}
+
+/// `PUT /v1/devices/{serial}/team` with `{"team": "name"}` or `{"team": null}`.
+pub async fn put_team(
+    State(inner): State<Arc<EngineInner>>,
+    Path(serial): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("expected {{\"team\": name or null}}: {e}")))?;
+    let team = match v.get("team") {
+        Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
+        Some(Value::Null) => None,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "expected {\"team\": \"name\"} or {\"team\": null}".into(),
+            ));
+        }
+    };
+    let device = inner.setup.set_team(&serial, team.clone()).await?;
+    // A DEP device that has not enrolled yet gets the new team's enrollment profile.
+    let mut reassigned = None;
+    if let (Some(server), Some(team), DeviceStage::Synced) =
+        (&device.dep_server, &team, device.stage)
+    {
+        let profile = match platform_of(&device.device_family) {
+            Some(p) => inner
+                .teams
+                .get(team)
+                .await
+                .ok()
+                .and_then(|t| t.enrollment_profiles.get(p).cloned()),
+            None => None,
+        };
+        if let Some(profile) = profile {
+            inner
+                .dep
+                .assign(
+                    server,
+                    &profile,
+                    std::slice::from_ref(&device.serial_number),
+                )
+                .await
+                .map_err(|e| {
+                    ApiError::Upstream(format!("re-assigning the enrollment profile: {e}"))
+                })?;
+            reassigned = Some(profile);
+        }
+    }
+    Ok(Json(json!({ "device": device, "reassigned_profile": reassigned })).into_response())
+}
+
+/// `POST /v1/devices/{serial}/release`: send `DeviceConfigured` now.
+pub async fn release(
+    State(inner): State<Arc<EngineInner>>,
+    Path(serial): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(inner.setup.release_now(&serial).await?).into_response())
+}

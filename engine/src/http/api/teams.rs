@@ -1,0 +1,56 @@
+//! Team endpoints under `/v1/teams`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::error::{ApiError, ApiResult};
+use crate::engine::EngineInner;
+use crate::teams::{TeamError, TeamSpec};
+
+impl From<TeamError> for ApiError {
+    fn from(e: TeamError) -> Self {
+        match e {
+            TeamError::InvalidName(_) | TeamError::Invalid(_) => Self::BadRequest(e.to_string()),
+            TeamError::NotFound(_) => Self::NotFound(e.to_string()),
+            TeamError::Store(s) => Self::Store(s),
+        }
+    }
+}
+
+/// `GET /v1/teams`.
+pub async fn list(State(inner): State<Arc<EngineInner>>) -> ApiResult<Response> {
+    Ok(Json(json!({ "teams": inner.teams.list().await? })).into_response())
+}
+
+/// `GET /v1/teams/{name}`.
+pub async fn get(
+    State(inner): State<Arc<EngineInner>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(inner.teams.get(&name).await?).into_response())
+}
+
+/// `PUT /v1/teams/{name}` with `{enrollment_profiles, setup_steps, release_timeout_secs}`.
+pub async fn put(
+    State(inner): State<Arc<EngineInner>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let spec: TeamSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("team settings: {e}")))?;
+    Ok(Json(inner.teams.put(&name, spec).await?).into_response())
+}
+
+/// `DELETE /v1/teams/{name}`.
+pub async fn delete(
+    State(inner): State<Arc<EngineInner>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    inner.teams.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,804 @@
+//! The setup flow: placement at enrollment, setup steps while Setup Assistant waits, release.
+//!
+//! [`SetupService`] follows the durable event outbox with a stored cursor, so it sees every
+//! `Authenticate`, `MachineInfo`, first `TokenUpdate` and command result exactly in order, even
+//! across restarts. Each event's effect on the device and setup records is written with the
+//! cursor and the resulting events in one transaction ([`LifecycleWrite`]); commands are queued
+//! after that commit under UUIDs fixed in the records, so queuing again after a crash is a
+//! harmless duplicate. Nothing is lost and nothing is sent twice.
+//!
+//! - `enroll.machine_info`, `enrollment.authenticated`: the device record gets its UDID and
+//!   enrollment, and the `place` hook is asked.
+//! - `enrollment.completed` (first `TokenUpdate`) with `AwaitingConfiguration`: the `setup-steps`
+//!   hook (default: the team's `setup_steps`) decides the steps; their commands are queued.
+//! - `command.result` / `command.not_now` for a step: the step's status changes
+//!   (Acknowledged → succeeded, Error → failed with Apple's error chain, NotNow → still pending),
+//!   and the `release` hook is asked.
+//! - A timer asks `release` again when a `wait` ends. The built-in rule releases once every
+//!   required step is finished, or when the team's timeout (default 30 minutes) has passed.
+//! - Release queues `DeviceConfigured`; `hold` keeps the device waiting until an admin releases it.
+
+mod placement;
+mod steps;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::watch;
+
+pub use placement::{BY_ADMIN, place, policy_device};
+pub use steps::{ProfileSource, StepProblem, command_for};
+
+use crate::events::{Outbox, event, kind};
+use crate::mdm::commands::Commander;
+use crate::policy::{
+    PolicyChain, Progress, ReleaseDecision, StepProgress, StepStatus, step_to_json, steps_from_json,
+};
+use crate::store::{
+    DepStore, DeviceRecord, DeviceStage, DeviceStore, EnrollmentStore, Event, LifecycleWrite,
+    NewEvent, SetupRecord, SetupState, SetupStep, StepState, StoreError, TeamStore, Timestamp,
+};
+use crate::wire::enrollment_id::EnrollmentId;
+use crate::wire::setup::device_configured;
+
+/// The outbox cursor's name.
+const CURSOR: &str = "setup";
+
+/// Events read per batch.
+const BATCH: usize = 200;
+
+/// Settings of the setup flow.
+#[derive(Debug, Clone)]
+pub struct SetupOptions {
+    /// Release a device whose required steps are not all finished after this long (a team's
+    /// `release_timeout_secs` overrides it).
+    pub release_timeout: Duration,
+    /// How often to look for due work when no event arrives.
+    pub poll: Duration,
+    /// How long to wait before retrying a step whose command could not be built (storage).
+    pub retry_after: Duration,
+}
+
+impl Default for SetupOptions {
+    fn default() -> Self {
+        Self {
+            release_timeout: Duration::from_secs(30 * 60),
+            poll: Duration::from_secs(1),
+            retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why an admin action on the setup flow failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// No device with this serial number.
+    #[error("no device with serial number {0:?}")]
+    UnknownDevice(String),
+    /// The device has not enrolled, so it cannot take `DeviceConfigured`.
+    #[error("device {0:?} has not enrolled")]
+    NotEnrolled(String),
+    /// No team with this name.
+    #[error("no team named {0:?}")]
+    UnknownTeam(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The setup flow (see the module docs).
+pub struct SetupService {
+    devices: Arc<dyn DeviceStore>,
+    teams: Arc<dyn TeamStore>,
+    enrollments: Arc<dyn EnrollmentStore>,
+    dep: Arc<dyn DepStore>,
+    commander: Arc<Commander>,
+    chain: Arc<PolicyChain>,
+    profiles: Option<Arc<dyn ProfileSource>>,
+    outbox: Outbox,
+    options: SetupOptions,
+    /// One event or timer pass at a time, so two passes never race on one record.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for SetupService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetupService").finish_non_exhaustive()
+    }
+}
+
+fn now() -> Timestamp {
+    time::OffsetDateTime::now_utc()
+}
+
+impl SetupService {
+    /// A setup flow over the given stores and services.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        devices: Arc<dyn DeviceStore>,
+        teams: Arc<dyn TeamStore>,
+        enrollments: Arc<dyn EnrollmentStore>,
+        dep: Arc<dyn DepStore>,
+        commander: Arc<Commander>,
+        chain: Arc<PolicyChain>,
+        outbox: Outbox,
+        options: SetupOptions,
+    ) -> Self {
+        Self {
+            devices,
+            teams,
+            enrollments,
+            dep,
+            commander,
+            chain,
+            profiles: None,
+            outbox,
+            options,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Where `install_profile` steps find their profiles.
+    pub fn with_profiles(mut self, profiles: Arc<dyn ProfileSource>) -> Self {
+        self.profiles = Some(profiles);
+        self
+    }
+
+    /// Follow the outbox until `shutdown` turns true: resume unfinished work first, then handle
+    /// each new event and each due timer.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut live = self.outbox.subscribe();
+        if let Err(err) = self.resume().await {
+            tracing::warn!(%err, "setup flow could not resume unfinished work");
+        }
+        loop {
+            if let Err(err) = self.pass().await {
+                tracing::warn!(%err, "setup flow pass failed; retrying");
+            }
+            tokio::select! {
+                r = live.recv() => {
+                    if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(self.options.poll) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    /// Handle every event after the cursor, then every due timer. Returns how many events.
+    pub async fn pass(&self) -> Result<usize, StoreError> {
+        let _one = self.running.lock().await;
+        let mut handled = 0;
+        loop {
+            let after = self.devices.cursor(CURSOR).await?;
+            let events = self.outbox.after(after, BATCH).await?;
+            if events.is_empty() {
+                break;
+            }
+            for e in events {
+                self.handle(&e).await?;
+                handled += 1;
+            }
+        }
+        for setup in self.devices.due_setups(now(), 100).await? {
+            self.drive(setup).await?;
+        }
+        Ok(handled)
+    }
+
+    /// Queue what a crash left unqueued.
+    async fn resume(&self) -> Result<(), StoreError> {
+        let _one = self.running.lock().await;
+        for setup in self.devices.open_setups(10_000).await? {
+            self.drive(setup).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, e: &Event) -> Result<(), StoreError> {
+        let cursor = Some((CURSOR.to_owned(), e.seq));
+        let id = e.enrollment_id.as_ref();
+        let text = |k: &str| e.data.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let write = match (e.kind.as_str(), id) {
+            (kind::ENROLL_MACHINE_INFO, _) => match text("serial_number") {
+                Some(serial) => {
+                    let mut d = self.device_or_new(&serial).await?;
+                    d.udid = text("udid").or(d.udid);
+                    d.os_version = text("os_version").or(d.os_version);
+                    if d.stage == DeviceStage::Synced || d.stage == DeviceStage::CheckedOut {
+                        d.stage = DeviceStage::Enrolling;
+                    }
+                    self.placed(d).await?
+                }
+                None => LifecycleWrite::default(),
+            },
+            (kind::ENROLLMENT_AUTHENTICATED, Some(id)) => match text("serial_number") {
+                Some(serial) => {
+                    let mut d = self.device_or_new(&serial).await?;
+                    d.udid = text("udid").or(d.udid);
+                    d.enrollment_id = Some(id.to_string());
+                    d.model = text("product_name").unwrap_or(d.model);
+                    d.os_version = text("os_version").or(d.os_version);
+                    d.stage = DeviceStage::Enrolling;
+                    self.placed(d).await?
+                }
+                None => LifecycleWrite::default(),
+            },
+            (kind::ENROLLMENT_COMPLETED, Some(id)) if text("kind").as_deref() == Some("device") => {
+                let awaiting = e.data["awaiting_configuration"].as_bool() == Some(true);
+                return self.enrolled(id, e, awaiting).await;
+            }
+            (kind::COMMAND_RESULT | kind::COMMAND_NOT_NOW, Some(_)) => {
+                if let Some(uuid) = text("command_uuid") {
+                    return self.command_answered(&uuid, e).await;
+                }
+                LifecycleWrite::default()
+            }
+            (kind::ENROLLMENT_CHECKED_OUT, Some(id)) => {
+                match self.devices.device_by_enrollment(id.as_str()).await? {
+                    Some(mut d) => {
+                        d.stage = DeviceStage::CheckedOut;
+                        d.updated_at = now();
+                        let ev = event(
+                            kind::DEVICE_CHECKED_OUT,
+                            Some(id),
+                            json!({ "serial_number": d.serial_number, "team": d.team }),
+                        );
+                        LifecycleWrite {
+                            devices: vec![d],
+                            events: vec![ev],
+                            ..Default::default()
+                        }
+                    }
+                    None => LifecycleWrite::default(),
+                }
+            }
+            _ => LifecycleWrite::default(),
+        };
+        self.commit(LifecycleWrite { cursor, ..write }).await?;
+        Ok(())
+    }
+
+    async fn commit(&self, write: LifecycleWrite) -> Result<(), StoreError> {
+        if write.is_empty() {
+            return Ok(());
+        }
+        let events = self.devices.apply(write, now()).await?;
+        self.outbox.broadcast(&events);
+        Ok(())
+    }
+
+    async fn device_or_new(&self, serial: &str) -> Result<DeviceRecord, StoreError> {
+        Ok(match self.devices.device(serial).await? {
+            Some(d) => d,
+            None => {
+                let t = now();
+                DeviceRecord {
+                    serial_number: serial.to_owned(),
+                    udid: None,
+                    enrollment_id: None,
+                    model: String::new(),
+                    device_family: String::new(),
+                    os: String::new(),
+                    os_version: None,
+                    dep_server: None,
+                    stage: DeviceStage::Enrolling,
+                    team: None,
+                    placed_by: None,
+                    user: None,
+                    created_at: t,
+                    updated_at: t,
+                }
+            }
+        })
+    }
+
+    /// Ask `place` for `d` and write it with the placement event, if any.
+    async fn placed(&self, mut d: DeviceRecord) -> Result<LifecycleWrite, StoreError> {
+        let defaults = match &d.dep_server {
+            Some(s) => self
+                .dep
+                .dep_server(s)
+                .await?
+                .map(|s| s.default_teams)
+                .unwrap_or_default(),
+            None => Default::default(),
+        };
+        let placed = place(&self.chain, &mut d, &defaults).await;
+        d.updated_at = now();
+        Ok(LifecycleWrite {
+            devices: vec![d],
+            events: placed.into_iter().collect(),
+            ..Default::default()
+        })
+    }
+
+    /// The first `TokenUpdate` of a device channel: record it, and start the setup if the device
+    /// waits in Setup Assistant.
+    async fn enrolled(
+        &self,
+        id: &EnrollmentId,
+        e: &Event,
+        awaiting: bool,
+    ) -> Result<(), StoreError> {
+        let cursor = Some((CURSOR.to_owned(), e.seq));
+        let mut device = match self.devices.device_by_enrollment(id.as_str()).await? {
+            Some(d) => d,
+            None => {
+                // Enrolled without an Authenticate event we saw (an embedder's own flow).
+                let Some(enr) = self.enrollments.enrollment(id).await? else {
+                    return self
+                        .commit(LifecycleWrite {
+                            cursor,
+                            ..Default::default()
+                        })
+                        .await;
+                };
+                let serial = enr
+                    .device
+                    .serial_number
+                    .clone()
+                    .unwrap_or_else(|| id.to_string());
+                let mut d = self.device_or_new(&serial).await?;
+                d.enrollment_id = Some(id.to_string());
+                d
+            }
+        };
+        device.stage = DeviceStage::Enrolled;
+        device.updated_at = now();
+        if !awaiting {
+            return self
+                .commit(LifecycleWrite {
+                    devices: vec![device],
+                    cursor,
+                    ..Default::default()
+                })
+                .await;
+        }
+        if let Some(existing) = self.devices.setup(id.as_str()).await?
+            && existing.started_by >= e.seq
+        {
+            // Already started by this very event: only the cursor moved on without it.
+            self.commit(LifecycleWrite {
+                cursor,
+                ..Default::default()
+            })
+            .await?;
+            return self.drive(existing).await;
+        }
+        let team = match &device.team {
+            Some(t) => self.teams.team(t).await?,
+            None => None,
+        };
+        let defaults = team
+            .as_ref()
+            .and_then(|t| steps_from_json(&t.setup_steps).ok())
+            .unwrap_or_default();
+        let decided = self
+            .chain
+            .setup_steps(&policy_device(&device), || defaults)
+            .await;
+        let steps: Vec<SetupStep> = decided
+            .decision
+            .iter()
+            .map(|s| SetupStep {
+                id: s.id.clone(),
+                required: s.required,
+                action: step_to_json(s),
+                command_uuid: uuid::Uuid::new_v4().to_string().to_uppercase(),
+                queued: false,
+                status: StepState::Pending,
+                attempts: 0,
+                error: None,
+            })
+            .collect();
+        let timeout_secs = team
+            .and_then(|t| t.release_timeout_secs)
+            .unwrap_or(self.options.release_timeout.as_secs());
+        let setup = SetupRecord {
+            enrollment_id: id.to_string(),
+            serial_number: device.serial_number.clone(),
+            started_by: e.seq,
+            started_at: e.at,
+            steps_by: decided.by.clone(),
+            steps,
+            timeout_secs,
+            state: SetupState::Running,
+            release_command: None,
+            release_queued: false,
+            next_check_at: None,
+            updated_at: now(),
+        };
+        let started = event(
+            kind::SETUP_STARTED,
+            Some(id),
+            json!({
+                "serial_number": device.serial_number,
+                "team": device.team,
+                "by": decided.by,
+                "steps": setup.steps.iter().map(|s| json!({"id": s.id, "required": s.required})).collect::<Vec<_>>(),
+                "timeout_secs": timeout_secs,
+            }),
+        );
+        self.commit(LifecycleWrite {
+            devices: vec![device],
+            setups: vec![setup.clone()],
+            events: vec![started],
+            cursor,
+        })
+        .await?;
+        self.drive(setup).await
+    }
+
+    /// A device answered a command: if it is a setup step's, record the result and ask `release`.
+    async fn command_answered(&self, uuid: &str, e: &Event) -> Result<(), StoreError> {
+        let cursor = Some((CURSOR.to_owned(), e.seq));
+        let Some(mut setup) = self.devices.setup_by_command(uuid).await? else {
+            return self
+                .commit(LifecycleWrite {
+                    cursor,
+                    ..Default::default()
+                })
+                .await;
+        };
+        let status = e.data["status"].as_str().unwrap_or_default().to_owned();
+        let not_now = e.kind == kind::COMMAND_NOT_NOW;
+        let id = EnrollmentId::new(setup.enrollment_id.clone());
+        let serial = setup.serial_number.clone();
+        let mut events = Vec::new();
+        if let Some(step) = setup.step_mut(uuid)
+            && !step.status.is_terminal()
+        {
+            step.attempts += 1;
+            let (state, k) = match (not_now, status.as_str()) {
+                (true, _) | (false, "NotNow") => (StepState::Pending, kind::SETUP_STEP_DEFERRED),
+                (false, "Acknowledged") => (StepState::Succeeded, kind::SETUP_STEP_SUCCEEDED),
+                _ => (StepState::Failed, kind::SETUP_STEP_FAILED),
+            };
+            step.status = state;
+            if state == StepState::Failed {
+                step.error = Some(e.data["error_chain"].clone());
+            }
+            events.push(event(
+                k,
+                Some(&id),
+                json!({
+                    "serial_number": serial,
+                    "step": step.id,
+                    "command_uuid": uuid,
+                    "attempts": step.attempts,
+                    "error_chain": step.error,
+                }),
+            ));
+        }
+        if !not_now {
+            events.extend(self.ask_release(&mut setup).await?);
+        }
+        setup.updated_at = now();
+        self.commit(LifecycleWrite {
+            setups: vec![setup.clone()],
+            events,
+            cursor,
+            ..Default::default()
+        })
+        .await?;
+        self.queue_release(setup).await
+    }
+
+    /// Queue every unqueued step, ask `release` if it is time, and queue `DeviceConfigured` when
+    /// decided. Safe to repeat: every command has its UUID fixed in the record.
+    async fn drive(&self, mut setup: SetupRecord) -> Result<(), StoreError> {
+        let id = EnrollmentId::new(setup.enrollment_id.clone());
+        let mut events = Vec::new();
+        let mut retry = false;
+        let unqueued: Vec<usize> = (0..setup.steps.len())
+            .filter(|&i| !setup.steps[i].queued)
+            .collect();
+        let last = unqueued.last().copied();
+        for i in unqueued {
+            let step = &mut setup.steps[i];
+            let parsed = match steps_from_json(&json!([step.action])) {
+                Ok(mut s) => s.remove(0),
+                Err(err) => {
+                    step.queued = true;
+                    step.status = StepState::Failed;
+                    step.error = Some(json!(format!("stored step is unreadable: {err}")));
+                    continue;
+                }
+            };
+            let command = command_for(&parsed, &step.command_uuid, self.profiles.as_deref()).await;
+            let (k, detail) = match command {
+                Ok(c) => {
+                    let outcome = self
+                        .commander
+                        .enqueue(&c, std::slice::from_ref(&id), Some(i) == last)
+                        .await?;
+                    let target_error = outcome.targets.first().and_then(|t| t.error.clone());
+                    match target_error {
+                        // Queued now, or by an earlier run that crashed before recording it.
+                        None => {
+                            step.queued = true;
+                            step.status = StepState::Running;
+                            (kind::SETUP_STEP_QUEUED, None)
+                        }
+                        Some(err) => {
+                            step.queued = true;
+                            step.status = StepState::Failed;
+                            step.error = Some(json!(err.clone()));
+                            (kind::SETUP_STEP_FAILED, Some(err))
+                        }
+                    }
+                }
+                Err(StepProblem::Skip(why)) => {
+                    step.queued = true;
+                    step.status = StepState::Skipped;
+                    step.error = Some(json!(why.clone()));
+                    (kind::SETUP_STEP_SKIPPED, Some(why))
+                }
+                Err(StepProblem::Fail(why)) => {
+                    step.queued = true;
+                    step.status = StepState::Failed;
+                    step.error = Some(json!(why.clone()));
+                    (kind::SETUP_STEP_FAILED, Some(why))
+                }
+                Err(StepProblem::Retry(why)) => {
+                    tracing::warn!(step = %step.id, %why, "setup step postponed");
+                    retry = true;
+                    continue;
+                }
+            };
+            events.push(event(
+                k,
+                Some(&id),
+                json!({
+                    "serial_number": setup.serial_number,
+                    "step": step.id,
+                    "command_uuid": step.command_uuid,
+                    "reason": detail,
+                }),
+            ));
+        }
+        let due = setup.next_check_at.is_none_or(|t| t <= now());
+        if due {
+            events.extend(self.ask_release(&mut setup).await?);
+        }
+        if retry && setup.state == SetupState::Running {
+            let at = now() + self.options.retry_after;
+            setup.next_check_at = Some(setup.next_check_at.map_or(at, |t| t.min(at)));
+        }
+        setup.updated_at = now();
+        self.commit(LifecycleWrite {
+            setups: vec![setup.clone()],
+            events,
+            ..Default::default()
+        })
+        .await?;
+        self.queue_release(setup).await
+    }
+
+    /// Ask `release` for a running setup, and apply its answer to the record.
+    async fn ask_release(&self, setup: &mut SetupRecord) -> Result<Vec<NewEvent>, StoreError> {
+        if setup.state != SetupState::Running {
+            return Ok(Vec::new());
+        }
+        let Some(device) = self.devices.device(&setup.serial_number).await? else {
+            return Ok(Vec::new());
+        };
+        let elapsed = (now() - setup.started_at).whole_seconds().max(0) as u64;
+        let progress = Progress {
+            steps: setup
+                .steps
+                .iter()
+                .map(|s| StepProgress {
+                    id: s.id.clone(),
+                    required: s.required,
+                    status: match s.status {
+                        StepState::Pending => StepStatus::Pending,
+                        StepState::Running => StepStatus::Running,
+                        StepState::Succeeded => StepStatus::Succeeded,
+                        StepState::Failed => StepStatus::Failed,
+                        StepState::Skipped => StepStatus::Skipped,
+                    },
+                    attempts: s.attempts,
+                })
+                .collect(),
+            elapsed_secs: elapsed,
+        };
+        let done = setup
+            .steps
+            .iter()
+            .all(|s| !s.required || s.status.is_terminal());
+        let timeout = setup.timeout_secs;
+        let mut default_reason = "";
+        let decided = self
+            .chain
+            .release(&policy_device(&device), &progress, || {
+                if done {
+                    default_reason = "required steps finished";
+                    ReleaseDecision::Release
+                } else if elapsed >= timeout {
+                    default_reason = "timeout";
+                    ReleaseDecision::Release
+                } else {
+                    ReleaseDecision::Wait(timeout - elapsed)
+                }
+            })
+            .await;
+        let id = EnrollmentId::new(setup.enrollment_id.clone());
+        Ok(match decided.decision {
+            ReleaseDecision::Release => {
+                let reason = if default_reason.is_empty() {
+                    "released by plugin".to_owned()
+                } else {
+                    default_reason.to_owned()
+                };
+                vec![self.mark_released(setup, &decided.by, &reason, &id)]
+            }
+            ReleaseDecision::Wait(secs) => {
+                setup.next_check_at = Some(now() + Duration::from_secs(secs.max(1)));
+                Vec::new()
+            }
+            ReleaseDecision::Hold(reason) => {
+                setup.next_check_at = None;
+                setup.state = SetupState::Held {
+                    reason: reason.clone(),
+                    by: decided.by.clone(),
+                };
+                vec![event(
+                    kind::SETUP_HELD,
+                    Some(&id),
+                    json!({"serial_number": setup.serial_number, "reason": reason, "by": decided.by}),
+                )]
+            }
+        })
+    }
+
+    fn mark_released(
+        &self,
+        setup: &mut SetupRecord,
+        by: &str,
+        reason: &str,
+        id: &EnrollmentId,
+    ) -> NewEvent {
+        let at = now();
+        setup.state = SetupState::Released {
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+            at,
+        };
+        setup.next_check_at = None;
+        setup.release_command = Some(uuid::Uuid::new_v4().to_string().to_uppercase());
+        setup.release_queued = false;
+        event(
+            kind::DEVICE_RELEASED,
+            Some(id),
+            json!({
+                "serial_number": setup.serial_number,
+                "by": by,
+                "reason": reason,
+                "seconds_since_enrollment": (at - setup.started_at).whole_seconds(),
+                "steps": setup.steps.iter().map(|s| json!({"id": s.id, "status": s.status})).collect::<Vec<_>>(),
+            }),
+        )
+    }
+
+    /// Queue `DeviceConfigured` if a release was decided and not yet queued.
+    async fn queue_release(&self, mut setup: SetupRecord) -> Result<(), StoreError> {
+        let Some(uuid) = setup.release_command.clone() else {
+            return Ok(());
+        };
+        if setup.release_queued {
+            return Ok(());
+        }
+        let id = EnrollmentId::new(setup.enrollment_id.clone());
+        self.commander
+            .enqueue(&device_configured(&uuid), &[id], true)
+            .await?;
+        setup.release_queued = true;
+        setup.updated_at = now();
+        let mut devices = Vec::new();
+        if let Some(mut d) = self.devices.device(&setup.serial_number).await? {
+            d.stage = DeviceStage::Released;
+            d.updated_at = now();
+            devices.push(d);
+        }
+        self.commit(LifecycleWrite {
+            setups: vec![setup],
+            devices,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Put a device in `team` (or in none) by hand. Plugins and defaults no longer move it.
+    pub async fn set_team(
+        &self,
+        serial: &str,
+        team: Option<String>,
+    ) -> Result<DeviceRecord, SetupError> {
+        let _one = self.running.lock().await;
+        let mut d = self
+            .devices
+            .device(serial)
+            .await?
+            .ok_or_else(|| SetupError::UnknownDevice(serial.to_owned()))?;
+        if let Some(t) = &team
+            && self.teams.team(t).await?.is_none()
+        {
+            return Err(SetupError::UnknownTeam(t.clone()));
+        }
+        let previous = d.team.clone();
+        d.team = team.clone();
+        d.placed_by = Some(BY_ADMIN.to_owned());
+        d.updated_at = now();
+        let ev = event(
+            kind::DEVICE_PLACED,
+            None,
+            json!({
+                "serial_number": serial,
+                "team": team,
+                "previous": previous,
+                "by": BY_ADMIN,
+                "stage": d.stage,
+            }),
+        );
+        self.commit(LifecycleWrite {
+            devices: vec![d.clone()],
+            events: vec![ev],
+            ..Default::default()
+        })
+        .await?;
+        Ok(d)
+    }
+
+    /// Release a device by hand (`POST /v1/devices/{serial}/release`): whatever its steps, and
+    /// also when a plugin holds it.
+    pub async fn release_now(&self, serial: &str) -> Result<SetupRecord, SetupError> {
+        let _one = self.running.lock().await;
+        let device = self
+            .devices
+            .device(serial)
+            .await?
+            .ok_or_else(|| SetupError::UnknownDevice(serial.to_owned()))?;
+        let id = device
+            .enrollment_id
+            .clone()
+            .filter(|_| matches!(device.stage, DeviceStage::Enrolled | DeviceStage::Released))
+            .ok_or_else(|| SetupError::NotEnrolled(serial.to_owned()))?;
+        let eid = EnrollmentId::new(id.clone());
+        let mut setup = match self.devices.setup(&id).await? {
+            Some(s) => s,
+            None => SetupRecord {
+                enrollment_id: id.clone(),
+                serial_number: serial.to_owned(),
+                started_by: 0,
+                started_at: device.updated_at,
+                steps_by: BY_ADMIN.to_owned(),
+                steps: Vec::new(),
+                timeout_secs: 0,
+                state: SetupState::Running,
+                release_command: None,
+                release_queued: false,
+                next_check_at: None,
+                updated_at: now(),
+            },
+        };
+        if !matches!(setup.state, SetupState::Released { .. }) || setup.release_queued {
+            let ev = self.mark_released(&mut setup, BY_ADMIN, "released by an admin", &eid);
+            self.commit(LifecycleWrite {
+                setups: vec![setup.clone()],
+                events: vec![ev],
+                ..Default::default()
+            })
+            .await?;
+        }
+        self.queue_release(setup).await?;
+        Ok(self.devices.setup(&id).await?.expect("just written"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

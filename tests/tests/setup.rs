@@ -1,0 +1,319 @@
+//! The setup flow end to end over real HTTP: a device is placed by a plugin when it
+//! authenticates, its team's setup steps are sent while it waits in Setup Assistant, each result
+//! is tracked, and the device is released — by the built-in rule, by its timeout, or by an admin
+//! after a plugin held it.
+
+use std::time::{Duration, Instant};
+
+use pomona::setup::SetupOptions;
+use pomona_testkit::api::ApiClient;
+use pomona_testkit::device::{Device, ReceivedCommand};
+use pomona_testkit::server::TestServer;
+use serde_json::{Value, json};
+
+async fn server(release_timeout: Duration) -> TestServer {
+    TestServer::start_with(|b| {
+        b.setup_options(SetupOptions {
+            release_timeout,
+            poll: Duration::from_millis(50),
+            ..SetupOptions::default()
+        })
+    })
+    .await
+    .unwrap()
+}
+
+async fn put_plugin(api: &ApiClient, name: &str, source: &str) {
+    let r = api
+        .put_bytes(&format!("/v1/plugins/{name}"), source.as_bytes().to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json);
+}
+
+async fn put_team(api: &ApiClient, name: &str, team: Value) {
+    let r = api
+        .put_json(&format!("/v1/teams/{name}"), &team)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json);
+}
+
+/// Poll with `Idle` until the engine queues something (the flow runs in the background).
+async fn next_command(dev: &Device) -> ReceivedCommand {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(c) = dev.idle().await.unwrap() {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "no command arrived");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Poll `GET path` until `ready` accepts the JSON.
+async fn wait_for(api: &ApiClient, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = api.get(path).await.unwrap();
+        if r.status == 200 && ready(&r.json) {
+            return r.json;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never became ready: {} {}",
+            r.status,
+            r.json
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn events_of(api: &ApiClient, kind: &str) -> Vec<Value> {
+    let r = api.get("/v1/events?after=0&limit=1000").await.unwrap();
+    r.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+/// Placement by a Lua plugin at Authenticate, the team's steps in order, a failed optional-free
+/// step, and release by the built-in rule once every required step has finished.
+#[tokio::test]
+async fn team_steps_run_and_the_default_releases_when_they_finish() {
+    let s = server(Duration::from_secs(1800)).await;
+    let api = s.api();
+    put_plugin(
+        &api,
+        "teams",
+        r#"return { place = function(d) if d.serial_number ~= "" then return { team = "Eng" } end end }"#,
+    )
+    .await;
+    put_team(
+        &api,
+        "Eng",
+        json!({
+            "setup_steps": [
+                {"id": "account", "account": {"username": "ada", "full_name": "Ada L", "lock": true}},
+                {"id": "name", "command": {"request_type": "Settings", "parameters": {"Settings": [{"Item": "DeviceName", "DeviceName": "Eng Mac"}]}}},
+                {"id": "agent", "install_package": {"url": "https://example.com/agent.pkg"}},
+                {"id": "extra", "required": false, "install_profile": "not-in-the-library"}
+            ]
+        }),
+    )
+    .await;
+
+    let dev = s.device().unwrap();
+    dev.authenticate().await.unwrap();
+    let path = format!("/v1/devices/{}", dev.serial);
+    let placed = wait_for(&api, &path, |j| j["device"]["team"] == "Eng").await;
+    assert_eq!(placed["device"]["placed_by"], "teams");
+    assert_eq!(placed["device"]["stage"], "enrolling");
+    dev.token_update(true).await.unwrap();
+
+    let c = next_command(&dev).await;
+    assert_eq!(c.request_type, "AccountConfiguration");
+    let c = dev
+        .acknowledge(&c.uuid)
+        .await
+        .unwrap()
+        .expect("the next step");
+    assert_eq!(c.request_type, "Settings");
+    let c = dev
+        .acknowledge(&c.uuid)
+        .await
+        .unwrap()
+        .expect("the next step");
+    assert_eq!(c.request_type, "InstallEnterpriseApplication");
+    // The failed package was the last required step: the default releases (the flow runs in the
+    // background, so DeviceConfigured comes with this answer or with the next poll).
+    let c = match dev.error(&c.uuid).await.unwrap() {
+        Some(c) => c,
+        None => next_command(&dev).await,
+    };
+    assert_eq!(c.request_type, "DeviceConfigured");
+    assert!(dev.acknowledge(&c.uuid).await.unwrap().is_none());
+
+    let setup = wait_for(&api, &format!("{path}/setup"), |j| j["state"] == "released").await;
+    assert_eq!(setup["by"], "default");
+    assert_eq!(setup["reason"], "required steps finished");
+    let status: Vec<(&str, &str)> = setup["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("account", "succeeded"),
+            ("name", "succeeded"),
+            ("agent", "failed"),
+            ("extra", "skipped")
+        ]
+    );
+    let device = wait_for(&api, &path, |j| j["device"]["stage"] == "released").await;
+    assert_eq!(device["device"]["team"], "Eng");
+    let released = events_of(&api, "device.released").await;
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert_eq!(released[0]["data"]["reason"], "required steps finished");
+    assert_eq!(events_of(&api, "setup.step.failed").await.len(), 1);
+    assert_eq!(events_of(&api, "setup.step.skipped").await.len(), 1);
+    s.stop().await;
+}
+
+/// A step the device keeps deferring (NotNow) does not block forever: the team's timeout
+/// releases the device, and the event says so.
+#[tokio::test]
+async fn the_timeout_releases_a_device_whose_steps_do_not_finish() {
+    let s = server(Duration::from_secs(1800)).await;
+    let api = s.api();
+    put_plugin(
+        &api,
+        "teams",
+        r#"return { place = function() return { team = "Lab" } end }"#,
+    )
+    .await;
+    put_team(
+        &api,
+        "Lab",
+        json!({
+            "release_timeout_secs": 1,
+            "setup_steps": [{"id": "name", "command": {"request_type": "Settings", "parameters": {}}}]
+        }),
+    )
+    .await;
+    let dev = s.device().unwrap();
+    dev.authenticate().await.unwrap();
+    wait_for(&api, &format!("/v1/devices/{}", dev.serial), |j| {
+        j["device"]["team"] == "Lab"
+    })
+    .await;
+    dev.token_update(true).await.unwrap();
+    // The device keeps answering NotNow (it gets the command again at each Idle, FIFO first).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut deferred = 0;
+    let mut answer = None;
+    let released = loop {
+        let c = match answer.take() {
+            Some(c) => c,
+            None => next_command(&dev).await,
+        };
+        if c.request_type == "DeviceConfigured" {
+            break c;
+        }
+        assert_eq!(c.request_type, "Settings");
+        // The answer to NotNow is the next command, if one is queued (DeviceConfigured).
+        answer = dev.not_now(&c.uuid).await.unwrap();
+        deferred += 1;
+        assert!(Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(deferred >= 1);
+    dev.acknowledge(&released.uuid).await.unwrap();
+    let setup = wait_for(&api, &format!("/v1/devices/{}/setup", dev.serial), |j| {
+        j["state"] == "released"
+    })
+    .await;
+    assert_eq!(setup["reason"], "timeout");
+    assert_eq!(setup["steps"][0]["status"], "pending");
+    assert!(setup["steps"][0]["attempts"].as_u64().unwrap() >= 1);
+    s.stop().await;
+}
+
+/// A plugin holds the device; nothing is sent until an admin releases it.
+#[tokio::test]
+async fn a_plugin_holds_and_an_admin_releases() {
+    let s = server(Duration::from_secs(1)).await;
+    let api = s.api();
+    put_plugin(
+        &api,
+        "gate",
+        r#"return { release = function(d, p) return { hold = "waiting for IT" } end }"#,
+    )
+    .await;
+    let dev = s.device().unwrap();
+    dev.authenticate().await.unwrap();
+    dev.token_update(true).await.unwrap();
+    let path = format!("/v1/devices/{}/setup", dev.serial);
+    let setup = wait_for(&api, &path, |j| j["state"] == "held").await;
+    assert_eq!(setup["reason"], "waiting for IT");
+    assert_eq!(setup["by"], "gate");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        dev.idle().await.unwrap().is_none(),
+        "held: not even the timeout releases it"
+    );
+    let r = api
+        .post_json(&format!("/v1/devices/{}/release", dev.serial), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["by"], "admin");
+    let c = next_command(&dev).await;
+    assert_eq!(c.request_type, "DeviceConfigured");
+    let r = api
+        .post_json("/v1/devices/NOPE/release", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    s.stop().await;
+}
+
+/// Teams are validated; a device can be moved by an admin, and plugins no longer move it.
+#[tokio::test]
+async fn teams_and_admin_placement() {
+    let s = server(Duration::from_secs(1800)).await;
+    let api = s.api();
+    let r = api
+        .put_json(
+            "/v1/teams/Bad",
+            &json!({"enrollment_profiles": {"windows": "x"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.json);
+    put_team(&api, "A", json!({})).await;
+    put_team(
+        &api,
+        "B",
+        json!({"enrollment_profiles": {"macos": "mac-b"}}),
+    )
+    .await;
+    let list = api.get("/v1/teams").await.unwrap().json;
+    assert_eq!(list["teams"].as_array().unwrap().len(), 2);
+    put_plugin(
+        &api,
+        "teams",
+        r#"return { place = function() return { team = "A" } end }"#,
+    )
+    .await;
+    let dev = s.device().unwrap();
+    dev.authenticate().await.unwrap();
+    let path = format!("/v1/devices/{}", dev.serial);
+    wait_for(&api, &path, |j| j["device"]["team"] == "A").await;
+    let r = api
+        .put_json(&format!("{path}/team"), &json!({"team": "B"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["device"]["placed_by"], "admin");
+    let r = api
+        .put_json(&format!("{path}/team"), &json!({"team": "Nope"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.json);
+    // A second Authenticate asks the plugin again, which may no longer move the device.
+    dev.authenticate().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = api.get(&path).await.unwrap().json;
+    assert_eq!(d["device"]["team"], "B");
+    let list = api.get("/v1/devices?team=B").await.unwrap().json;
+    assert_eq!(list["devices"].as_array().unwrap().len(), 1);
+    let r = api.delete("/v1/teams/A").await.unwrap();
+    assert_eq!(r.status, 204);
+    s.stop().await;
+}
