@@ -92,12 +92,26 @@ async fn team_steps_run_and_the_default_releases_when_they_finish() {
         r#"return { place = function(d) if d.serial_number ~= "" then return { team = "Eng" } end end }"#,
     )
     .await;
+    let wifi = include_bytes!("../../engine/tests/fixtures/profiles/wifi.mobileconfig");
+    let r = api
+        .put_bytes("/v1/profiles/wifi", wifi.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    let dock = include_bytes!("../../engine/tests/fixtures/profiles/user-dock.mobileconfig");
+    let r = api
+        .put_bytes("/v1/profiles/dock", dock.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
     put_team(
         &api,
         "Eng",
         json!({
             "setup_steps": [
                 {"id": "account", "account": {"username": "ada", "full_name": "Ada L", "lock": true}},
+                {"id": "wifi", "install_profile": "wifi"},
+                {"id": "dock", "install_profile": "dock"},
                 {"id": "name", "command": {"request_type": "Settings", "parameters": {"Settings": [{"Item": "DeviceName", "DeviceName": "Eng Mac"}]}}},
                 {"id": "agent", "install_package": {"url": "https://example.com/agent.pkg"}},
                 {"id": "extra", "required": false, "install_profile": "not-in-the-library"}
@@ -121,7 +135,24 @@ async fn team_steps_run_and_the_default_releases_when_they_finish() {
         .await
         .unwrap()
         .expect("the next step");
-    assert_eq!(c.request_type, "Settings");
+    assert_eq!(c.request_type, "InstallProfile");
+    let sent = plist::Value::from_reader(std::io::Cursor::new(&c.raw)).unwrap();
+    let payload = sent.as_dictionary().unwrap()["Command"]
+        .as_dictionary()
+        .unwrap()["Payload"]
+        .as_data()
+        .unwrap()
+        .to_vec();
+    assert_eq!(payload, wifi.to_vec(), "the library's exact bytes");
+    let c = dev
+        .acknowledge(&c.uuid)
+        .await
+        .unwrap()
+        .expect("the next step");
+    assert_eq!(
+        c.request_type, "Settings",
+        "the user-scoped profile is not sent"
+    );
     let c = dev
         .acknowledge(&c.uuid)
         .await
@@ -150,6 +181,8 @@ async fn team_steps_run_and_the_default_releases_when_they_finish() {
         status,
         [
             ("account", "succeeded"),
+            ("wifi", "succeeded"),
+            ("dock", "skipped"),
             ("name", "succeeded"),
             ("agent", "failed"),
             ("extra", "skipped")
@@ -161,7 +194,7 @@ async fn team_steps_run_and_the_default_releases_when_they_finish() {
     assert_eq!(released.len(), 1, "{released:?}");
     assert_eq!(released[0]["data"]["reason"], "required steps finished");
     assert_eq!(events_of(&api, "setup.step.failed").await.len(), 1);
-    assert_eq!(events_of(&api, "setup.step.skipped").await.len(), 1);
+    assert_eq!(events_of(&api, "setup.step.skipped").await.len(), 2);
     s.stop().await;
 }
 

@@ -28,7 +28,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 pub use placement::{BY_ADMIN, place, policy_device};
-pub use steps::{ProfileSource, StepProblem, command_for};
+pub use steps::{LibraryProfile, ProfileSource, StepProblem, command_for};
 
 use crate::events::{Outbox, event, kind};
 use crate::mdm::commands::Commander;

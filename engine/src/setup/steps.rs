@@ -6,11 +6,35 @@ use crate::policy::{Step, StepAction};
 use crate::wire::command::Command;
 use crate::wire::setup as cmd;
 
+/// A profile as a setup step needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibraryProfile {
+    /// The exact bytes to send as `InstallProfile`'s `Payload`.
+    pub bytes: Vec<u8>,
+    /// `PayloadScope = User`: it cannot install while Setup Assistant waits, so it never blocks
+    /// release.
+    pub user_scoped: bool,
+}
+
 /// Where `install_profile` steps find their profiles: the engine's profile library.
 #[async_trait]
 pub trait ProfileSource: Send + Sync {
-    /// The exact bytes of the library profile `name`, or `None` if there is none by that name.
-    async fn profile_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, String>;
+    /// The library profile `name`, or `None` if there is none by that name.
+    async fn library_profile(&self, name: &str) -> Result<Option<LibraryProfile>, String>;
+}
+
+#[async_trait]
+impl ProfileSource for crate::profiles::ProfileLibrary {
+    async fn library_profile(&self, name: &str) -> Result<Option<LibraryProfile>, String> {
+        Ok(self
+            .get(name)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|p| LibraryProfile {
+                user_scoped: p.meta.profile.user_scoped,
+                bytes: p.bytes,
+            }))
+    }
 }
 
 /// Why a step has no command.
@@ -45,8 +69,14 @@ pub async fn command_for(
                     "this engine has no profile library".into(),
                 ));
             };
-            match profiles.profile_bytes(name).await {
-                Ok(Some(bytes)) => cmd::install_profile(uuid, &bytes),
+            match profiles.library_profile(name).await {
+                Ok(Some(p)) if p.user_scoped => {
+                    // Devices refuse user-scoped profiles while Setup Assistant waits.
+                    return Err(StepProblem::Skip(format!(
+                        "profile {name:?} is user-scoped (PayloadScope User): it installs after setup, not during it"
+                    )));
+                }
+                Ok(Some(p)) => cmd::install_profile(uuid, &p.bytes),
                 Ok(None) => {
                     return Err(StepProblem::Skip(format!(
                         "no profile named {name:?} in the library"
