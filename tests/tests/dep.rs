@@ -831,3 +831,79 @@ async fn an_uploaded_wasm_plugin_assigns_by_rules() {
     assert_eq!(stats(0)["decisions"], 2, "{list}");
     assert_eq!(stats(1)["limit_hits"], 2, "{list}");
 }
+
+/// Teams decide enrollment profiles: synced devices land in their server's default team for
+/// their platform, get that team's profile instead of the server's default, and a device moved
+/// to another team before it enrolls is re-assigned the new team's profile.
+#[tokio::test]
+async fn teams_decide_enrollment_profiles_at_sync() {
+    let r = rig(10).await;
+    let api = r.server.api();
+    for (name, profile) in [("mac-eng", "Eng Macs"), ("mac-lab", "Lab Macs")] {
+        let res = api
+            .put_json(
+                &format!("/v1/dep/profiles/{name}"),
+                &json!({"profile_name": profile}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status, 200, "{}", res.json);
+    }
+    for (team, profile) in [("Eng", "mac-eng"), ("Lab", "mac-lab")] {
+        let res = api
+            .put_json(
+                &format!("/v1/teams/{team}"),
+                &json!({"enrollment_profiles": {"macos": profile}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status, 200, "{}", res.json);
+    }
+    let res = r
+        .server
+        .client
+        .patch(format!("{}/v1/dep/servers/main", r.server.url))
+        .bearer_auth(TEST_API_KEY)
+        .json(&json!({"default_teams": {"macos": "Eng"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    r.abm.add("MAC1", "Mac");
+    r.abm.add("PAD1", "iPad");
+    sync(&r, false).await;
+    assert_eq!(device(&r, "MAC1").await["assigned_profile"], "mac-eng");
+    assert_eq!(
+        device(&r, "PAD1").await["assigned_profile"],
+        "standard",
+        "no default team for iPads: the server's default profile"
+    );
+    let d = api.get("/v1/devices/MAC1").await.unwrap().json;
+    assert_eq!(d["device"]["team"], "Eng", "{d}");
+    assert_eq!(d["device"]["placed_by"], "default");
+    assert_eq!(d["device"]["stage"], "synced");
+    assert_eq!(d["dep"]["assigned_profile"], "mac-eng");
+
+    let res = api
+        .put_json("/v1/devices/MAC1/team", &json!({"team": "Lab"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status, 200, "{}", res.json);
+    assert_eq!(res.json["reassigned_profile"], "mac-lab");
+    assert_eq!(device(&r, "MAC1").await["assigned_profile"], "mac-lab");
+    // The next sync keeps the admin's choice.
+    r.abm.modify("MAC1", "assigned");
+    sync(&r, false).await;
+    let d = api.get("/v1/devices/MAC1").await.unwrap().json;
+    assert_eq!(d["device"]["team"], "Lab");
+    let placed: Vec<Value> = api.get("/v1/events?after=0&limit=1000").await.unwrap().json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "device.placed")
+        .cloned()
+        .collect();
+    assert_eq!(placed.len(), 2, "{placed:?}");
+    assert_eq!(placed[1]["data"]["by"], "admin");
+}
