@@ -13,6 +13,8 @@ use crate::wire::command::Command;
 use crate::wire::enrollment_id::{Channel, ChannelKind, EnrollmentId};
 use crate::wire::report::Status;
 
+mod webhooks;
+
 fn now() -> Timestamp {
     time::OffsetDateTime::now_utc()
 }
@@ -102,6 +104,7 @@ pub async fn run_all<S: Store>(store: &S) {
     listing(store).await;
     challenges(store).await;
     machine_info(store).await;
+    webhooks::webhooks(store).await;
     profile_library(store).await;
 }
 

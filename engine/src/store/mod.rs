@@ -11,6 +11,7 @@ pub mod model;
 pub mod plugins;
 pub mod profiles;
 pub mod redb;
+pub mod webhooks;
 
 use async_trait::async_trait;
 
@@ -18,6 +19,7 @@ pub use dep::*;
 pub use model::*;
 pub use plugins::*;
 pub use profiles::*;
+pub use webhooks::*;
 
 use crate::wire::checkin::{Authenticate, TokenUpdate};
 use crate::wire::command::Command;
@@ -273,6 +275,7 @@ pub trait Store:
     + DepStore
     + PluginStore
     + ProfileStore
+    + WebhookStore
     + 'static
 {
 }
@@ -290,6 +293,7 @@ impl<T> Store for T where
         + DepStore
         + PluginStore
         + ProfileStore
+        + WebhookStore
         + 'static
 {
 }

@@ -13,6 +13,7 @@ mod plugins;
 mod profiles;
 mod queue;
 mod tables;
+mod webhooks;
 
 use std::any::Any;
 use std::path::Path;

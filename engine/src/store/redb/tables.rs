@@ -58,6 +58,8 @@ pub const DEP_PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("dep
 pub const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
 /// Uploaded policy plugins: name → source bytes.
 pub const PLUGIN_SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_sources");
+/// Webhook subscription name → JSON [`crate::store::WebhookSubscription`] (with delivery state).
+pub const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhooks");
 /// Profile library: name → JSON [`crate::store::ProfileMeta`].
 pub const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 /// Profile library: name → the `.mobileconfig` bytes as uploaded.
@@ -94,7 +96,8 @@ pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
         PLUGINS,
         PROFILES,
         PROFILE_BYTES,
-        PLUGIN_SOURCES
+        PLUGIN_SOURCES,
+        WEBHOOKS
     );
     Ok(())
 }
