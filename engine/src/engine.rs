@@ -44,6 +44,7 @@ use crate::scep::{ScepOptions, ScepService};
 use crate::seal::{SealError, SealKey};
 use crate::store::redb::RedbStore;
 use crate::store::{Event, Store, StoreError};
+use crate::webhooks::{WebhookOptions, WebhookService};
 use crate::wire::machine_info::DeviceTrust;
 use openssl::pkey::PKey;
 use openssl::x509::X509;
@@ -92,6 +93,7 @@ pub(crate) struct EngineInner {
     pub enroll: EnrollService,
     pub dep: DepService,
     pub plugins: PluginRegistry,
+    pub webhooks: WebhookService,
     pub profiles: ProfileLibrary,
     pub pusher: Arc<dyn Pusher>,
     pub apns: Arc<ApnsPusher>,
@@ -142,6 +144,7 @@ pub struct EngineBuilder {
     layers: Vec<Layer>,
     plugins: Vec<DeclaredPlugin>,
     plugin_limits: Limits,
+    webhooks: WebhookOptions,
 }
 
 impl Default for EngineBuilder {
@@ -168,6 +171,7 @@ impl Default for EngineBuilder {
             layers: Vec::new(),
             plugins: Vec::new(),
             plugin_limits: Limits::default(),
+            webhooks: WebhookOptions::default(),
         }
     }
 }
@@ -406,6 +410,12 @@ impl EngineBuilder {
         self
     }
 
+    /// Webhook delivery timeout, backoff and polling (default: [`WebhookOptions::default`]).
+    pub fn webhook_options(mut self, options: WebhookOptions) -> Self {
+        self.webhooks = options;
+        self
+    }
+
     /// Wrap the check-in service with your own middleware. Layers see requests whose identity is
     /// already verified and pinned, and wrap event recording and the core; the first layer added
     /// is the outermost.
@@ -517,6 +527,9 @@ impl EngineBuilder {
         let dep = DepService::new(store.clone(), seal.clone(), outbox.clone(), dep_options)
             .with_policy(chain.clone());
         let profiles = ProfileLibrary::new(store.clone(), outbox.clone());
+        let webhooks =
+            WebhookService::new(store.clone(), outbox.clone(), seal.clone(), self.webhooks)
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(EngineInner {
             store,
@@ -528,6 +541,7 @@ impl EngineBuilder {
             enroll,
             dep,
             plugins,
+            webhooks,
             profiles,
             pusher,
             apns,
@@ -589,6 +603,11 @@ impl Engine {
     /// command for a stored profile ([`ProfileLibrary::install_command`]).
     pub fn profiles(&self) -> &ProfileLibrary {
         &self.inner.profiles
+    }
+
+    /// Webhook subscriptions: create, list, test, delete; delivery runs in the background.
+    pub fn webhooks(&self) -> &WebhookService {
+        &self.inner.webhooks
     }
 
     /// The APNs pusher (push certificates, health).
@@ -658,6 +677,8 @@ impl Engine {
                 async move { collect_garbage(&inner, &retention).await }
             },
         ));
+        // Webhooks: one delivery worker per subscription, woken by new events.
+        tasks.push(self.inner.webhooks.start(self.inner.shutdown.subscribe()));
         // DEP: each server syncs when its own interval has elapsed; due assignments go out.
         let inner = self.inner.clone();
         tasks.push(every(&self.inner.shutdown, DEP_TICK, move || {

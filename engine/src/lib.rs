@@ -27,6 +27,7 @@ pub mod push;
 pub mod scep;
 pub mod seal;
 pub mod store;
+pub mod webhooks;
 pub mod wire;
 
 pub use engine::{Engine, EngineBuilder, EngineError};

@@ -27,6 +27,13 @@ pub mod kind {
     pub const BOOTSTRAP_TOKEN_STORED: &str = "bootstrap_token.stored";
     /// A device escrowed bootstrap token was handed back to it.
     pub const BOOTSTRAP_TOKEN_RETRIEVED: &str = "bootstrap_token.retrieved";
+    /// A webhook subscription was created, replaced or deleted (`data.action`).
+    pub const WEBHOOK_CHANGED: &str = "webhook.changed";
+    /// A webhook subscription's cursor fell behind the oldest retained event: the events in
+    /// `data.first_lost..=data.last_lost` were pruned before they were delivered to it.
+    pub const WEBHOOK_EVENTS_PRUNED: &str = "webhook.events_pruned";
+    /// A test delivery (`POST /v1/webhooks/{name}/test`); sent to one receiver, never stored.
+    pub const WEBHOOK_TEST: &str = "webhook.test";
     /// A command was enqueued.
     pub const COMMAND_ENQUEUED: &str = "command.enqueued";
     /// A device reported a terminal result (`Acknowledged`, `Error`, `CommandFormatError`).
