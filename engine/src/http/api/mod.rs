@@ -10,6 +10,7 @@ mod plugins;
 mod profiles;
 mod pushcert;
 mod views;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -70,6 +71,14 @@ pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
                     crate::profiles::MAX_PROFILE_BYTES,
                 )),
         )
+        .route("/v1/webhooks", get(webhooks::list))
+        .route(
+            "/v1/webhooks/{name}",
+            get(webhooks::get)
+                .put(webhooks::put)
+                .delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{name}/test", post(webhooks::test))
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
             auth::require_api_key,
