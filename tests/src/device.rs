@@ -197,7 +197,22 @@ impl Device {
 
     /// Send `body` to `url` with this device's identity.
     pub async fn put(&self, url: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<Reply> {
-        let mut req = self.client.put(url).header("Content-Type", content_type);
+        self.send(reqwest::Method::PUT, url, content_type, body)
+            .await
+    }
+
+    /// Send `body` to `url` with `method` and this device's identity.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Reply> {
+        let mut req = self
+            .client
+            .request(method, url)
+            .header("Content-Type", content_type);
         match &self.transport {
             Transport::Signature(style) => {
                 let sig = sign_detached(&body, &self.identity.cert, &self.identity.key, *style)?;
@@ -214,6 +229,17 @@ impl Device {
             status: resp.status().as_u16(),
             body: resp.bytes().await?.to_vec(),
         })
+    }
+
+    /// Poll the setup progress endpoint (`POST /mdm/setup`, signed like a check-in), as a
+    /// progress window on the Mac would. Returns the HTTP status and the JSON answer.
+    pub async fn setup_status(&self) -> anyhow::Result<(u16, serde_json::Value)> {
+        let url = self.checkin_url.replace("/mdm/checkin", "/mdm/setup");
+        let reply = self
+            .send(reqwest::Method::POST, &url, "application/json", Vec::new())
+            .await?;
+        let json = serde_json::from_slice(&reply.body).unwrap_or(serde_json::Value::Null);
+        Ok((reply.status, json))
     }
 
     /// Send a check-in message built from `d`.

@@ -188,6 +188,25 @@ async fn team_steps_run_and_the_default_releases_when_they_finish() {
             ("extra", "skipped")
         ]
     );
+    let (status, progress) = dev.setup_status().await.unwrap();
+    assert_eq!(status, 200, "{progress}");
+    assert_eq!(progress["state"], "released");
+    assert_eq!(progress["detail"], "required steps finished");
+    assert_eq!(progress["steps"][1]["id"], "wifi");
+    assert_eq!(progress["steps"][1]["status"], "succeeded");
+    let mut stranger = s.device().unwrap();
+    stranger.transport = pomona_testkit::device::Transport::Anonymous;
+    assert_eq!(
+        stranger.setup_status().await.unwrap().0,
+        403,
+        "no identity, no answer"
+    );
+    let unenrolled = s.device().unwrap();
+    assert_eq!(
+        unenrolled.setup_status().await.unwrap().0,
+        403,
+        "a certificate pinned to no enrollment"
+    );
     let device = wait_for(&api, &path, |j| j["device"]["stage"] == "released").await;
     assert_eq!(device["device"]["team"], "Eng");
     let released = events_of(&api, "device.released").await;

@@ -7,12 +7,15 @@
 use std::sync::Arc;
 
 use axum::Router;
+
+use crate::store::SetupState;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::put;
+use axum::routing::{get, put};
 use openssl::x509::X509;
+use serde_json::json;
 
 use super::status::device_status;
 use crate::engine::EngineInner;
@@ -34,6 +37,7 @@ pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
         .route("/mdm/checkin", put(checkin))
         .route("/mdm/connect", put(connect))
         .route("/mdm", put(either))
+        .route("/mdm/setup", get(setup_status).post(setup_status))
         // The body is read with the configured cap in `handle`, so an oversized body is a 400
         // like any other unacceptable body.
         .layer(DefaultBodyLimit::disable())
@@ -159,6 +163,63 @@ async fn dispatch(
             }
             None => StatusCode::OK.into_response(),
         })
+    }
+}
+
+/// `GET`/`POST /mdm/setup`: the setup progress of the device presenting the request, for a
+/// progress window on the Mac to poll.
+///
+/// Authenticated like a check-in: the device's MDM identity certificate, presented as an
+/// `Mdm-Signature` over the request body (an empty body for `GET`), as the TLS client
+/// certificate, or in the configured proxy header. The certificate must be the one pinned to an
+/// enrollment; the answer is that enrollment's setup only.
+async fn setup_status(
+    State(inner): State<Arc<EngineInner>>,
+    peer: Option<axum::Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Ok(body) = axum::body::to_bytes(body, 64 << 10).await else {
+        return (StatusCode::BAD_REQUEST, "body is larger than 64 KiB").into_response();
+    };
+    let identity = match identity(&inner, peer.map(|p| p.0), &headers, &body) {
+        Ok(Some(i)) => i,
+        Ok(None) => {
+            return (
+                StatusCode::FORBIDDEN,
+                "present the device identity: Mdm-Signature, a TLS client certificate or the proxy header",
+            )
+                .into_response();
+        }
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let owner = match inner.store.cert_owner(&identity.hash).await {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            return (
+                StatusCode::FORBIDDEN,
+                "this certificate is not pinned to an enrollment",
+            )
+                .into_response();
+        }
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    match inner.store.setup(owner.as_str()).await {
+        Ok(Some(s)) => {
+            let (state, detail) = match &s.state {
+                SetupState::Running => ("running", None),
+                SetupState::Held { reason, .. } => ("held", Some(reason.clone())),
+                SetupState::Released { reason, .. } => ("released", Some(reason.clone())),
+            };
+            let steps: Vec<serde_json::Value> = s
+                .steps
+                .iter()
+                .map(|st| json!({"id": st.id, "required": st.required, "status": st.status}))
+                .collect();
+            axum::Json(json!({ "state": state, "detail": detail, "steps": steps })).into_response()
+        }
+        Ok(None) => axum::Json(json!({"state": "none", "steps": []})).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }
 
