@@ -42,8 +42,10 @@ use crate::push::Pusher;
 use crate::push::apns::{ApnsOptions, ApnsPusher};
 use crate::scep::{ScepOptions, ScepService};
 use crate::seal::{SealError, SealKey};
+use crate::setup::{SetupOptions, SetupService};
 use crate::store::redb::RedbStore;
 use crate::store::{Event, Store, StoreError};
+use crate::teams::TeamService;
 use crate::webhooks::{WebhookOptions, WebhookService};
 use crate::wire::machine_info::DeviceTrust;
 use openssl::pkey::PKey;
@@ -92,9 +94,11 @@ pub(crate) struct EngineInner {
     pub scep: Arc<ScepService>,
     pub enroll: EnrollService,
     pub dep: DepService,
+    pub teams: TeamService,
+    pub setup: Arc<SetupService>,
     pub plugins: PluginRegistry,
-    pub webhooks: WebhookService,
     pub profiles: ProfileLibrary,
+    pub webhooks: WebhookService,
     pub pusher: Arc<dyn Pusher>,
     pub apns: Arc<ApnsPusher>,
     pub metrics: Arc<Metrics>,
@@ -144,6 +148,7 @@ pub struct EngineBuilder {
     layers: Vec<Layer>,
     plugins: Vec<DeclaredPlugin>,
     plugin_limits: Limits,
+    setup: SetupOptions,
     webhooks: WebhookOptions,
 }
 
@@ -171,6 +176,7 @@ impl Default for EngineBuilder {
             layers: Vec::new(),
             plugins: Vec::new(),
             plugin_limits: Limits::default(),
+            setup: SetupOptions::default(),
             webhooks: WebhookOptions::default(),
         }
     }
@@ -410,6 +416,12 @@ impl EngineBuilder {
         self
     }
 
+    /// The setup flow's release timeout and timers (default: [`SetupOptions::default`]).
+    pub fn setup_options(mut self, options: SetupOptions) -> Self {
+        self.setup = options;
+        self
+    }
+
     /// Webhook delivery timeout, backoff and polling (default: [`WebhookOptions::default`]).
     pub fn webhook_options(mut self, options: WebhookOptions) -> Self {
         self.webhooks = options;
@@ -525,11 +537,32 @@ impl EngineBuilder {
         .await
         .map_err(|e| EngineError::Invalid(format!("policy plugins: {e}")))?;
         let dep = DepService::new(store.clone(), seal.clone(), outbox.clone(), dep_options)
-            .with_policy(chain.clone());
-        let profiles = ProfileLibrary::new(store.clone(), outbox.clone());
+            .with_policy(chain.clone())
+            .with_teams(store.clone(), store.clone());
+        let teams = TeamService::new(store.clone(), outbox.clone());
+        let setup_commander = Arc::new(Commander::new(
+            store.clone(),
+            store.clone(),
+            pusher.clone(),
+            outbox.clone(),
+            metrics.clone(),
+            self.max_queue_len,
+        ));
+        let setup = Arc::new(SetupService::new(
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            setup_commander,
+            chain.clone(),
+            outbox.clone(),
+            self.setup,
+        )
+        .with_profiles(Arc::new(ProfileLibrary::new(store.clone(), outbox.clone()))));
         let webhooks =
             WebhookService::new(store.clone(), outbox.clone(), seal.clone(), self.webhooks)
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let profiles = ProfileLibrary::new(store.clone(), outbox.clone());
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(EngineInner {
             store,
@@ -540,9 +573,11 @@ impl EngineBuilder {
             scep,
             enroll,
             dep,
+            teams,
+            setup,
             plugins,
-            webhooks,
             profiles,
+            webhooks,
             pusher,
             apns,
             metrics,
@@ -594,20 +629,30 @@ impl Engine {
         &self.inner.dep
     }
 
+    /// Teams: create, list, delete.
+    pub fn teams(&self) -> &TeamService {
+        &self.inner.teams
+    }
+
+    /// The setup flow: placement, setup steps and release (it runs in the background).
+    pub fn setup(&self) -> &Arc<SetupService> {
+        &self.inner.setup
+    }
+
     /// Policy plugins: upload, list, remove (the chain itself: [`PluginRegistry::chain`]).
     pub fn plugins(&self) -> &PluginRegistry {
         &self.inner.plugins
+    }
+
+    /// Webhook subscriptions: create, list, test, delete; delivery runs in the background.
+    pub fn webhooks(&self) -> &WebhookService {
+        &self.inner.webhooks
     }
 
     /// The configuration-profile library: upload, list, remove, and the `InstallProfile`
     /// command for a stored profile ([`ProfileLibrary::install_command`]).
     pub fn profiles(&self) -> &ProfileLibrary {
         &self.inner.profiles
-    }
-
-    /// Webhook subscriptions: create, list, test, delete; delivery runs in the background.
-    pub fn webhooks(&self) -> &WebhookService {
-        &self.inner.webhooks
     }
 
     /// The APNs pusher (push certificates, health).
@@ -654,6 +699,12 @@ impl Engine {
 
     fn spawn_background(&self, retention: RetentionConfig) {
         let mut tasks = self.inner.tasks.lock().expect("tasks lock");
+        tasks.push(tokio::spawn(
+            self.inner
+                .setup
+                .clone()
+                .run(self.inner.shutdown.subscribe()),
+        ));
         let inner = self.inner.clone();
         tasks.push(every(
             &self.inner.shutdown,

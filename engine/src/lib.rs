@@ -26,7 +26,9 @@ pub mod profiles;
 pub mod push;
 pub mod scep;
 pub mod seal;
+pub mod setup;
 pub mod store;
+pub mod teams;
 pub mod webhooks;
 pub mod wire;
 

@@ -76,6 +76,30 @@ pub mod kind {
     pub const PROFILE_CHANGED: &str = "profile.changed";
     /// A configuration profile was removed from the library.
     pub const PROFILE_DELETED: &str = "profile.deleted";
+    /// A team was created or changed.
+    pub const TEAM_CHANGED: &str = "team.changed";
+    /// A team was deleted.
+    pub const TEAM_DELETED: &str = "team.deleted";
+    /// A device was placed in a team (or taken out of one).
+    pub const DEVICE_PLACED: &str = "device.placed";
+    /// A device's setup started: its steps were decided.
+    pub const SETUP_STARTED: &str = "setup.started";
+    /// A setup step's command was queued.
+    pub const SETUP_STEP_QUEUED: &str = "setup.step.queued";
+    /// A setup step succeeded.
+    pub const SETUP_STEP_SUCCEEDED: &str = "setup.step.succeeded";
+    /// A setup step failed.
+    pub const SETUP_STEP_FAILED: &str = "setup.step.failed";
+    /// A setup step was skipped (for example its profile is not in the library).
+    pub const SETUP_STEP_SKIPPED: &str = "setup.step.skipped";
+    /// The device answered NotNow to a setup step; it stays pending.
+    pub const SETUP_STEP_DEFERRED: &str = "setup.step.deferred";
+    /// A plugin holds the device in Setup Assistant.
+    pub const SETUP_HELD: &str = "setup.held";
+    /// The device was released from Setup Assistant (`DeviceConfigured` queued).
+    pub const DEVICE_RELEASED: &str = "device.released";
+    /// The device checked out (unenrolled).
+    pub const DEVICE_CHECKED_OUT: &str = "device.checked_out";
 }
 
 /// Appends events durably, then broadcasts them.

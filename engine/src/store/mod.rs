@@ -7,6 +7,7 @@
 
 pub mod conformance;
 pub mod dep;
+pub mod devices;
 pub mod model;
 pub mod plugins;
 pub mod profiles;
@@ -16,6 +17,7 @@ pub mod webhooks;
 use async_trait::async_trait;
 
 pub use dep::*;
+pub use devices::*;
 pub use model::*;
 pub use plugins::*;
 pub use profiles::*;
@@ -275,6 +277,8 @@ pub trait Store:
     + DepStore
     + PluginStore
     + ProfileStore
+    + TeamStore
+    + DeviceStore
     + WebhookStore
     + 'static
 {
@@ -293,6 +297,8 @@ impl<T> Store for T where
         + DepStore
         + PluginStore
         + ProfileStore
+        + TeamStore
+        + DeviceStore
         + WebhookStore
         + 'static
 {

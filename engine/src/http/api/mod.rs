@@ -3,12 +3,14 @@
 mod auth;
 mod commands;
 mod dep;
+mod devices;
 mod enrollments;
 pub mod error;
 mod events;
 mod plugins;
 mod profiles;
 mod pushcert;
+mod teams;
 mod views;
 mod webhooks;
 
@@ -51,6 +53,16 @@ pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
         .route("/v1/dep/devices", get(dep::list_devices))
         .route("/v1/dep/profiles", get(dep::list_profiles))
         .route("/v1/dep/profiles/{name}", put(dep::put_profile))
+        .route("/v1/teams", get(teams::list))
+        .route(
+            "/v1/teams/{name}",
+            get(teams::get).put(teams::put).delete(teams::delete),
+        )
+        .route("/v1/devices", get(devices::list))
+        .route("/v1/devices/{serial}", get(devices::get))
+        .route("/v1/devices/{serial}/setup", get(devices::setup))
+        .route("/v1/devices/{serial}/team", put(devices::put_team))
+        .route("/v1/devices/{serial}/release", post(devices::release))
         .route("/v1/plugins", get(plugins::list))
         .route(
             "/v1/plugins/{name}",

@@ -6,6 +6,7 @@
 //! closure is atomic on its own: if one fails, the batch is aborted and re-run without it.
 
 mod dep;
+mod devices;
 mod enrollments;
 mod identity;
 mod misc;

@@ -58,12 +58,26 @@ pub const DEP_PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("dep
 pub const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
 /// Uploaded policy plugins: name → source bytes.
 pub const PLUGIN_SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_sources");
-/// Webhook subscription name → JSON [`crate::store::WebhookSubscription`] (with delivery state).
-pub const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhooks");
 /// Profile library: name → JSON [`crate::store::ProfileMeta`].
 pub const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 /// Profile library: name → the `.mobileconfig` bytes as uploaded.
 pub const PROFILE_BYTES: TableDefinition<&str, &[u8]> = TableDefinition::new("profile_bytes");
+/// Webhook subscription name → JSON [`crate::store::WebhookSubscription`] (with delivery state).
+pub const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhooks");
+
+/// Team name → JSON [`crate::store::Team`].
+pub const TEAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("teams");
+/// Serial number → JSON [`crate::store::DeviceRecord`].
+pub const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+/// Device-channel enrollment ID → serial number.
+pub const DEVICE_BY_ENROLLMENT: TableDefinition<&str, &str> =
+    TableDefinition::new("device_by_enrollment");
+/// Enrollment ID → JSON [`crate::store::SetupRecord`].
+pub const SETUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("setups");
+/// Command UUID → enrollment ID of the setup that sent it.
+pub const SETUP_COMMANDS: TableDefinition<&str, &str> = TableDefinition::new("setup_commands");
+/// (next check in unix ms, enrollment ID) → (): running setups' timer.
+pub const SETUP_DUE: TableDefinition<(i64, &str), ()> = TableDefinition::new("setup_due");
 
 /// Create every table so read transactions never meet a missing one.
 pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
@@ -97,6 +111,12 @@ pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
         PROFILES,
         PROFILE_BYTES,
         PLUGIN_SOURCES,
+        TEAMS,
+        DEVICES,
+        DEVICE_BY_ENROLLMENT,
+        SETUPS,
+        SETUP_COMMANDS,
+        SETUP_DUE,
         WEBHOOKS
     );
     Ok(())
