@@ -548,17 +548,19 @@ impl EngineBuilder {
             metrics.clone(),
             self.max_queue_len,
         ));
-        let setup = Arc::new(SetupService::new(
-            store.clone(),
-            store.clone(),
-            store.clone(),
-            store.clone(),
-            setup_commander,
-            chain.clone(),
-            outbox.clone(),
-            self.setup,
-        )
-        .with_profiles(Arc::new(ProfileLibrary::new(store.clone(), outbox.clone()))));
+        let setup = Arc::new(
+            SetupService::new(
+                store.clone(),
+                store.clone(),
+                store.clone(),
+                store.clone(),
+                setup_commander,
+                chain.clone(),
+                outbox.clone(),
+                self.setup,
+            )
+            .with_profiles(Arc::new(ProfileLibrary::new(store.clone(), outbox.clone()))),
+        );
         let webhooks =
             WebhookService::new(store.clone(), outbox.clone(), seal.clone(), self.webhooks)
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
