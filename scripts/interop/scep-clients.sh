@@ -13,8 +13,15 @@ cargo build -q -p pomona --bin pomona
 bin="$PWD/target/debug/pomona"
 scep_submit=/usr/lib/certmonger/scep-submit
 work=$(mktemp -d)
-cm_pid=""; bus_pid=""
-trap 'kill "$server_pid" $cm_pid $bus_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+server_pid=""; cm_pid=""; bus_pid=""
+# Stop the daemons and wait for them before removing their files (certmonger may still be
+# writing into its directory while it exits); cleanup never changes the script's result.
+cleanup() {
+  kill "$server_pid" $cm_pid $bus_pid 2>/dev/null || true
+  for p in "$server_pid" $cm_pid $bus_pid; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work" 2>/dev/null || { sleep 1; rm -rf "$work" 2>/dev/null || true; }
+}
+trap cleanup EXIT
 cd "$work"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
