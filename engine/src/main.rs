@@ -17,6 +17,10 @@ async fn main() -> anyhow::Result<()> {
             cli::init_logging(cli::LogFormat::Text);
             cli::dep::run(&remote, command).await
         }
+        Command::Demo(args) => {
+            cli::init_logging(cli::LogFormat::Text);
+            cli::demo::run(args).await
+        }
         Command::Plugin(cmd) => {
             cli::init_logging(cli::LogFormat::Text);
             cli::plugin::run(cmd)

@@ -14,11 +14,9 @@
 //! - [`scep`]: a SCEP client, as devices enroll.
 //! - [`loadgen`]: many simulated devices checking in concurrently (`pomona-loadgen` binary).
 
-pub mod abm;
 pub mod api;
-pub mod apns;
-pub mod device;
-pub mod enroll;
 pub mod loadgen;
-pub mod scep;
 pub mod server;
+
+// The simulators live in the engine (`pomona::sim`, also used by `pomona demo`).
+pub use pomona::sim::{abm, apns, device, enroll, scep};

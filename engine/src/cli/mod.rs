@@ -1,6 +1,7 @@
 //! The `pomona` command line.
 
 pub mod client;
+pub mod demo;
 pub mod dep;
 pub mod plugin;
 pub mod profile;
@@ -34,6 +35,9 @@ pub enum Command {
         #[command(subcommand)]
         command: dep::DepCommand,
     },
+    /// Run the whole automated-enrollment flow on loopback: the engine, a fake Apple Business
+    /// Manager, a fake APNs and simulated Macs, with the first-party plugins.
+    Demo(demo::DemoArgs),
     /// Policy plugins: test one offline over fixtures.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),

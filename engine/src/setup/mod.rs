@@ -220,7 +220,11 @@ impl SetupService {
                     let mut d = self.device_or_new(&serial).await?;
                     d.udid = text("udid").or(d.udid);
                     d.enrollment_id = Some(id.to_string());
-                    d.model = text("product_name").unwrap_or(d.model);
+                    // Apple Business Manager's marketing model ("MacBook Pro 14\"") is what
+                    // placement rules match; the device's own code ("Mac15,3") only fills a gap.
+                    if d.model.is_empty() {
+                        d.model = text("model").unwrap_or_default();
+                    }
                     d.os_version = text("os_version").or(d.os_version);
                     d.stage = DeviceStage::Enrolling;
                     self.placed(d).await?

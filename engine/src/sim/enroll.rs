@@ -1,6 +1,7 @@
 //! Enrolling the way a Mac does: download the profile (or present signed MachineInfo), run SCEP
 //! with the profile's challenge, then talk to the profile's URLs.
 
+use crate::wire::machine_info::{MachineInfo, sign_machine_info};
 use anyhow::{Context as _, bail};
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -13,9 +14,8 @@ use openssl::x509::extension::BasicConstraints;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509, X509Name};
 use plist::Value;
-use pomona::wire::machine_info::{MachineInfo, sign_machine_info};
 
-use crate::device::Device;
+use super::device::Device;
 
 /// What a device reads from an enrollment profile.
 #[derive(Debug, Clone)]
@@ -95,7 +95,7 @@ impl Profile {
             .challenge
             .as_deref()
             .context("profile has no challenge")?;
-        let identity = crate::scep::enroll(client, &self.scep_url, challenge).await?;
+        let identity = super::scep::enroll(client, &self.scep_url, challenge).await?;
         let mut d = Device::with_urls(
             identity,
             &self.check_in_url,

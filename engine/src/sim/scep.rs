@@ -1,14 +1,14 @@
 //! A SCEP client, as a device runs it during enrollment.
 
+use crate::wire::scep::{
+    CertRep, ContentCipher, Digest, MessageType, build_csr, build_request, self_signed_requester,
+};
 use anyhow::{Context as _, bail};
 use openssl::pkey::PKey;
 use openssl::rsa::Rsa;
 use openssl::x509::{X509, X509Name};
-use pomona::wire::scep::{
-    CertRep, ContentCipher, Digest, MessageType, build_csr, build_request, self_signed_requester,
-};
 
-use crate::device::DeviceIdentity;
+use super::device::DeviceIdentity;
 
 /// Fetch the CA certificate (`GetCACert`).
 pub async fn ca_certificate(client: &reqwest::Client, scep_url: &str) -> anyhow::Result<X509> {

@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::wire::dep::{self, AssignRequest, CursorRequest, Device, OAuthToken, Profile};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use pomona::wire::dep::{self, AssignRequest, CursorRequest, Device, OAuthToken, Profile};
 use serde_json::json;
 
 /// Faults to inject.
@@ -140,10 +140,15 @@ impl FakeAbm {
 
     /// A device appears (op `added`).
     pub fn add(&self, serial: &str, family: &str) {
+        self.add_model(serial, family, &format!("{family} model"));
+    }
+
+    /// A device is added (op `added`) with this model, e.g. `MacBook Pro 14"`.
+    pub fn add_model(&self, serial: &str, family: &str, model: &str) {
         let mut s = self.state.lock().expect("lock");
         let d = Device {
             serial_number: serial.into(),
-            model: Some(format!("{family} model")),
+            model: Some(model.into()),
             device_family: Some(family.into()),
             os: Some(if family == "Mac" { "OSX" } else { "iOS" }.into()),
             profile_status: Some("empty".into()),

@@ -1,5 +1,7 @@
 //! A simulated Apple device.
 
+use crate::ca::CertificateAuthority;
+use crate::wire::cms::{SignatureStyle, sign_detached};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -7,8 +9,6 @@ use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::x509::{X509, X509Name};
 use plist::{Dictionary, Value};
-use pomona::ca::CertificateAuthority;
-use pomona::wire::cms::{SignatureStyle, sign_detached};
 
 /// A device's identity: its key and certificate.
 #[derive(Clone)]
