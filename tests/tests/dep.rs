@@ -906,4 +906,22 @@ async fn teams_decide_enrollment_profiles_at_sync() {
         .collect();
     assert_eq!(placed.len(), 2, "{placed:?}");
     assert_eq!(placed[1]["data"]["by"], "admin");
+
+    // A plugin moves an already assigned device to another team: it gets that team's profile.
+    r.abm.add("MAC3", "Mac");
+    sync(&r, false).await;
+    assert_eq!(device(&r, "MAC3").await["assigned_profile"], "mac-eng");
+    let (status, j) = put_plugin(
+        &r,
+        "movers",
+        "",
+        r#"return { place = function(d) if d.serial_number == "MAC3" then return { team = "Lab" } end end }"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{j}");
+    r.abm.modify("MAC3", "assigned");
+    sync(&r, false).await;
+    assert_eq!(device(&r, "MAC3").await["assigned_profile"], "mac-lab");
+    let d = api.get("/v1/devices/MAC3").await.unwrap().json;
+    assert_eq!(d["device"]["placed_by"], "movers");
 }

@@ -307,6 +307,26 @@ async fn a_plugin_holds_and_an_admin_releases() {
     assert_eq!(r.json["by"], "admin");
     let c = next_command(&dev).await;
     assert_eq!(c.request_type, "DeviceConfigured");
+    // The device refuses it: the setup is held again, with Apple's reason, not silently stuck.
+    assert!(dev.error(&c.uuid).await.unwrap().is_none());
+    let setup = wait_for(&api, &path, |j| j["state"] == "held").await;
+    assert!(
+        setup["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("DeviceConfigured failed"),
+        "{setup}"
+    );
+    assert_eq!(events_of(&api, "setup.release_failed").await.len(), 1);
+    let r = api
+        .post_json(&format!("/v1/devices/{}/release", dev.serial), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json);
+    let again = next_command(&dev).await;
+    assert_eq!(again.request_type, "DeviceConfigured");
+    assert_ne!(again.uuid, c.uuid, "a new command");
+    assert!(dev.acknowledge(&again.uuid).await.unwrap().is_none());
     let r = api
         .post_json("/v1/devices/NOPE/release", &json!({}))
         .await

@@ -352,9 +352,9 @@ impl DepService {
         }
         if let Some(t) = patch.default_teams {
             for k in t.keys() {
-                if !["macos", "ios", "ipados"].contains(&k.as_str()) {
+                if !crate::teams::PLATFORMS.contains(&k.as_str()) {
                     return Err(DepServiceError::Invalid(format!(
-                        "default_teams keys are macos, ios and ipados, not {k:?}"
+                        "default_teams keys are macos, ios, ipados and tvos, not {k:?}"
                     )));
                 }
             }

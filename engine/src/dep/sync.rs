@@ -282,9 +282,15 @@ impl DepService {
                     SyncPhase::Fetch => "fetched".to_owned(),
                     SyncPhase::Sync => d.op_type.clone().unwrap_or_else(|| "modified".into()),
                 };
+                let before = placed.events.len();
                 let (team, team_profile) = self.place_synced(s, &op, &d, &mut placed).await?;
+                // A known device whose team changed gets the new team's profile, if different.
+                let moved = placed.events.len() > before
+                    && known.as_ref().is_some_and(|k| {
+                        k.present && team_profile.is_some() && k.assigned_profile != team_profile
+                    });
                 let builtin = || match team_profile.or_else(|| s.default_profile.clone()) {
-                    Some(p) if wants_assignment(&op, known.as_ref(), &d) => {
+                    Some(p) if moved || wants_assignment(&op, known.as_ref(), &d) => {
                         AssignDecision::Assign(p)
                     }
                     _ => AssignDecision::Skip,
@@ -311,16 +317,16 @@ impl DepService {
             report.pages += 1;
             report.devices += commit.devices.len();
             report.queued += commit.assign.len();
-            let events = self.store.commit_dep_page(&s.name, commit, now()).await?;
-            self.outbox.broadcast(&events);
             if let Some(p) = &self.placement
                 && !placed.is_empty()
             {
-                // After the page: a crash in between is repaired by the next sync, which places
-                // the same devices again.
+                // Before the page's commit: a crash in between leaves the cursor where it was,
+                // so the same page is fetched and placed again (placement is idempotent).
                 let events = p.devices.apply(placed, now()).await?;
                 self.outbox.broadcast(&events);
             }
+            let events = self.store.commit_dep_page(&s.name, commit, now()).await?;
+            self.outbox.broadcast(&events);
             new_chain = false;
             phase = if phase == SyncPhase::Fetch && !page.more_to_follow {
                 SyncPhase::Sync

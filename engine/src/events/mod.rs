@@ -96,6 +96,8 @@ pub mod kind {
     pub const SETUP_STEP_DEFERRED: &str = "setup.step.deferred";
     /// A plugin holds the device in Setup Assistant.
     pub const SETUP_HELD: &str = "setup.held";
+    /// The device answered `DeviceConfigured` with an error; the setup is held.
+    pub const SETUP_RELEASE_FAILED: &str = "setup.release_failed";
     /// The device was released from Setup Assistant (`DeviceConfigured` queued).
     pub const DEVICE_RELEASED: &str = "device.released";
     /// The device checked out (unenrolled).

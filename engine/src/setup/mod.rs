@@ -478,15 +478,35 @@ impl SetupService {
                 }),
             ));
         }
+        let mut devices = Vec::new();
+        if setup.release_command.as_deref() == Some(uuid) && !not_now && status != "Acknowledged" {
+            // DeviceConfigured itself failed: the device is still in Setup Assistant. Hold it,
+            // so an admin sees why and can release it again.
+            let reason = format!("DeviceConfigured failed: {}", e.data["error_chain"]);
+            setup.state = SetupState::Held {
+                reason: reason.clone(),
+                by: "device".into(),
+            };
+            if let Some(mut d) = self.devices.device(&serial).await? {
+                d.stage = DeviceStage::Enrolled;
+                d.updated_at = now();
+                devices.push(d);
+            }
+            events.push(event(
+                kind::SETUP_RELEASE_FAILED,
+                Some(&id),
+                json!({"serial_number": serial, "command_uuid": uuid, "error_chain": e.data["error_chain"]}),
+            ));
+        }
         if !not_now {
             events.extend(self.ask_release(&mut setup).await?);
         }
         setup.updated_at = now();
         self.commit(LifecycleWrite {
             setups: vec![setup.clone()],
+            devices,
             events,
             cursor,
-            ..Default::default()
         })
         .await?;
         self.queue_release(setup).await
@@ -698,10 +718,24 @@ impl SetupService {
             return Ok(());
         }
         let id = EnrollmentId::new(setup.enrollment_id.clone());
-        self.commander
+        let outcome = self
+            .commander
             .enqueue(&device_configured(&uuid), &[id], true)
             .await?;
+        if let Some(err) = outcome.targets.first().and_then(|t| t.error.clone()) {
+            // For example a full queue: try again on the timer, the decision stands.
+            tracing::warn!(serial = %setup.serial_number, %err, "DeviceConfigured not queued; retrying");
+            setup.next_check_at = Some(now() + self.options.retry_after);
+            setup.updated_at = now();
+            return self
+                .commit(LifecycleWrite {
+                    setups: vec![setup],
+                    ..Default::default()
+                })
+                .await;
+        }
         setup.release_queued = true;
+        setup.next_check_at = None;
         setup.updated_at = now();
         let mut devices = Vec::new();
         if let Some(mut d) = self.devices.device(&setup.serial_number).await? {

@@ -289,7 +289,8 @@ pub trait DeviceStore: Send + Sync {
     async fn setup(&self, enrollment_id: &str) -> StoreResult<Option<SetupRecord>>;
     /// The setup that owns a command (a step's or the release command).
     async fn setup_by_command(&self, command_uuid: &str) -> StoreResult<Option<SetupRecord>>;
-    /// Running setups whose next check is due at `now`, soonest first.
+    /// Setups whose next check is due at `now` (running ones, and released ones whose
+    /// `DeviceConfigured` could not be queued yet), soonest first.
     async fn due_setups(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<SetupRecord>>;
     /// Setups still running or held, with unfinished work (for resuming after a restart).
     async fn open_setups(&self, limit: usize) -> StoreResult<Vec<SetupRecord>>;

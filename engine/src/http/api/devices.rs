@@ -52,7 +52,10 @@ pub async fn list(
             limit: q.limit,
         })
         .await?;
-    let next = devices.last().map(|d| d.serial_number.clone());
+    let full = devices.len() == q.limit.unwrap_or(100).clamp(1, 1000);
+    let next = full
+        .then(|| devices.last().map(|d| d.serial_number.clone()))
+        .flatten();
     Ok(Json(json!({ "devices": devices, "next_after": next })).into_response())
 }
 
@@ -85,7 +88,9 @@ pub async fn get(
             "enabled": e.enabled,
             "awaiting_configuration": e.awaiting_configuration,
             "token_update_tally": e.token_update_tally,
-            "authenticated_at": e.authenticated_at,
+            "authenticated_at": e
+                .authenticated_at
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
         })
     });
     Ok(Json(json!({

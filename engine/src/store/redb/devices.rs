@@ -126,7 +126,10 @@ fn put_setup(txn: &WriteTransaction, s: &SetupRecord) -> StoreResult<()> {
             .insert(uuid.as_str(), s.enrollment_id.as_str())
             .map_err(backend)?;
     }
-    if let (SetupState::Running, Some(at)) = (&s.state, s.next_check_at) {
+    let release_pending = s.release_command.is_some() && !s.release_queued;
+    if let Some(at) = s.next_check_at
+        && (s.state == SetupState::Running || release_pending)
+    {
         due.insert((ms(at), s.enrollment_id.as_str()), ())
             .map_err(backend)?;
     }
