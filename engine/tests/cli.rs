@@ -233,3 +233,31 @@ fn plugin_test_runs_wasm_components() {
         stderr(&out)
     );
 }
+
+/// `pomona demo` runs the whole flow on loopback and ends with the contract's JSON summary.
+#[test]
+fn demo_releases_every_mac_and_ends_with_a_json_summary() {
+    let out = pomona(&["demo", "--devices", "3", "--json", "--show", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().expect("output");
+    let summary: serde_json::Value = serde_json::from_str(last).expect("a JSON last line");
+    assert_eq!(summary["devices"], 3, "{summary}");
+    assert_eq!(summary["released"], 3, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(summary["seconds"].as_f64().unwrap() > 0.0);
+    for stage in [
+        "listed by Apple Business Manager",
+        "placed in team Engineering by place-by-model",
+        "assigned enrollment profile mac-standard",
+        "enrolled, waiting in Setup Assistant",
+        "setup decided by setup-basic: account, profile:wifi, profile:restrictions",
+        "released by release-when-done",
+    ] {
+        assert!(stdout.contains(stage), "{stage:?} missing from:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("DEMO000001"),
+        "--show 1 prints one Mac's timeline"
+    );
+}

@@ -91,11 +91,25 @@ impl Profile {
     /// Obtain an identity through SCEP and return a device using this profile's URLs
     /// (not yet authenticated).
     pub async fn enroll(&self, client: &reqwest::Client) -> anyhow::Result<Device> {
+        let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+        self.enroll_with_key(client, "pomona-testkit-device", key)
+            .await
+    }
+
+    /// [`Profile::enroll`] with a given key and certificate common name.
+    pub async fn enroll_with_key(
+        &self,
+        client: &reqwest::Client,
+        common_name: &str,
+        key: PKey<Private>,
+    ) -> anyhow::Result<Device> {
         let challenge = self
             .challenge
             .as_deref()
             .context("profile has no challenge")?;
-        let identity = super::scep::enroll(client, &self.scep_url, challenge).await?;
+        let identity =
+            super::scep::enroll_with_key(client, &self.scep_url, challenge, common_name, key)
+                .await?;
         let mut d = Device::with_urls(
             identity,
             &self.check_in_url,
@@ -144,6 +158,9 @@ pub async fn download_profile(
 pub struct TestDeviceCa {
     root: (X509, PKey<Private>),
     intermediate: (X509, PKey<Private>),
+    /// The key every device certificate is issued for (each signature gets its own certificate;
+    /// sharing the key keeps simulating thousands of devices cheap).
+    leaf_key: PKey<Private>,
 }
 
 fn cert(
@@ -151,7 +168,15 @@ fn cert(
     issuer: Option<&(X509, PKey<Private>)>,
     ca: bool,
 ) -> anyhow::Result<(X509, PKey<Private>)> {
-    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+    cert_for(cn, issuer, ca, PKey::from_rsa(Rsa::generate(2048)?)?)
+}
+
+fn cert_for(
+    cn: &str,
+    issuer: Option<&(X509, PKey<Private>)>,
+    ca: bool,
+    key: PKey<Private>,
+) -> anyhow::Result<(X509, PKey<Private>)> {
     let mut name = X509Name::builder()?;
     name.append_entry_by_text("CN", cn)?;
     let name = name.build();
@@ -179,7 +204,12 @@ impl TestDeviceCa {
     pub fn new() -> anyhow::Result<Self> {
         let root = cert("Pomona Test Device Root", None, true)?;
         let intermediate = cert("Pomona Test Device CA", Some(&root), true)?;
-        Ok(Self { root, intermediate })
+        let leaf_key = PKey::from_rsa(Rsa::generate(2048)?)?;
+        Ok(Self {
+            root,
+            intermediate,
+            leaf_key,
+        })
     }
 
     /// PEM bundle to trust (`enroll.device_ca_file`): root and intermediate.
@@ -189,10 +219,11 @@ impl TestDeviceCa {
 
     /// Sign `info` with a fresh device certificate from this CA.
     pub fn sign(&self, info: &MachineInfo) -> anyhow::Result<Vec<u8>> {
-        let leaf = cert(
+        let leaf = cert_for(
             &format!("device {}", info.udid),
             Some(&self.intermediate),
             false,
+            self.leaf_key.clone(),
         )?;
         Ok(sign_machine_info(info, &leaf.0, &leaf.1, &[])?)
     }

@@ -27,14 +27,33 @@ pub fn pkcs_req(
     challenge: Option<&str>,
     cipher: ContentCipher,
 ) -> anyhow::Result<(Vec<u8>, DeviceIdentity)> {
-    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+    pkcs_req_with_key(
+        ca,
+        common_name,
+        challenge,
+        cipher,
+        PKey::from_rsa(Rsa::generate(2048)?)?,
+    )
+}
+
+/// Build a `PKCSReq` for `key` (its transaction ID is unique to the key and the name, so
+/// simulators may share keys between devices).
+pub fn pkcs_req_with_key(
+    ca: &X509,
+    common_name: &str,
+    challenge: Option<&str>,
+    cipher: ContentCipher,
+    key: PKey<openssl::pkey::Private>,
+) -> anyhow::Result<(Vec<u8>, DeviceIdentity)> {
     let mut name = X509Name::builder()?;
     name.append_entry_by_text("CN", common_name)?;
     let csr = build_csr(&key, &name.build(), challenge)?;
     let requester = self_signed_requester(&key, common_name)?;
     let mut nonce = [0u8; 16];
     openssl::rand::rand_bytes(&mut nonce)?;
-    let tx = hex::encode(openssl::sha::sha256(&key.public_key_to_der()?));
+    let mut id = key.public_key_to_der()?;
+    id.extend_from_slice(common_name.as_bytes());
+    let tx = hex::encode(openssl::sha::sha256(&id));
     let msg = build_request(
         &csr,
         MessageType::PkcsReq,
@@ -61,12 +80,26 @@ pub async fn enroll(
     scep_url: &str,
     challenge: &str,
 ) -> anyhow::Result<DeviceIdentity> {
+    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+    enroll_with_key(client, scep_url, challenge, "pomona-testkit-device", key).await
+}
+
+/// [`enroll`] with a given key and common name (a simulator of many devices can share a few
+/// pre-generated keys: 2048-bit key generation costs far more CPU than the engine's work).
+pub async fn enroll_with_key(
+    client: &reqwest::Client,
+    scep_url: &str,
+    challenge: &str,
+    common_name: &str,
+    key: PKey<openssl::pkey::Private>,
+) -> anyhow::Result<DeviceIdentity> {
     let ca = ca_certificate(client, scep_url).await?;
-    let (msg, requester) = pkcs_req(
+    let (msg, requester) = pkcs_req_with_key(
         &ca,
-        "pomona-testkit-device",
+        common_name,
         Some(challenge),
         ContentCipher::Aes256Cbc,
+        key,
     )?;
     let r = client
         .post(format!("{scep_url}?operation=PKIOperation"))
