@@ -73,6 +73,8 @@ pub struct Config {
     pub plugin_limits: crate::policy::Limits,
     /// Policy plugins declared here (`[[plugins]]`), asked before uploaded ones, in this order.
     pub plugins: Vec<crate::policy::registry::DeclaredPlugin>,
+    /// The setup flow (`[setup]`).
+    pub setup: SetupConfig,
 }
 
 impl Default for Config {
@@ -93,6 +95,24 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             plugin_limits: crate::policy::Limits::default(),
             plugins: Vec::new(),
+            setup: SetupConfig::default(),
+        }
+    }
+}
+
+/// `[setup]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SetupConfig {
+    /// Seconds after enrollment when the built-in rule releases a device whose required setup
+    /// steps have not all finished (a team's `release_timeout_secs` overrides it).
+    pub release_timeout_secs: u64,
+}
+
+impl Default for SetupConfig {
+    fn default() -> Self {
+        Self {
+            release_timeout_secs: 30 * 60,
         }
     }
 }
@@ -393,6 +413,10 @@ mod tests {
         let c = Config::from_toml(text, "examples/pomona.toml").unwrap();
         c.validate().unwrap();
         assert_eq!(c.scep.challenge_ttl_secs, 3600);
+        assert_eq!(c.setup.release_timeout_secs, 1800);
+        let short = Config::from_toml("[setup]\nrelease_timeout_secs = 90\n", "t").unwrap();
+        assert_eq!(short.setup.release_timeout_secs, 90);
+        assert!(Config::from_toml("[setup]\nrelease_timeout = 90\n", "t").is_err());
     }
 
     #[test]

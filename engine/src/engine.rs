@@ -294,6 +294,7 @@ impl EngineBuilder {
         }
         b.apns = apns;
         b.plugin_limits = config.plugin_limits;
+        b.setup.release_timeout = Duration::from_secs(config.setup.release_timeout_secs);
         // Relative plugin paths in a config file are relative to the working directory.
         b.plugins = config.plugins.clone();
         Ok(b)
