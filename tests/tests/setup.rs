@@ -389,3 +389,39 @@ async fn teams_and_admin_placement() {
     assert_eq!(r.status, 204);
     s.stop().await;
 }
+
+/// A Shared iPad user's session waits too: its first TokenUpdate with AwaitingConfiguration is
+/// answered with `UserConfigured` on the user's channel, not on the device's.
+#[tokio::test]
+async fn a_shared_ipad_user_is_released_with_user_configured() {
+    let s = server(Duration::from_secs(1800)).await;
+    let api = s.api();
+    let dev = s.device().unwrap();
+    dev.enroll().await.unwrap();
+    dev.shared_ipad_user_token_update("student1", true)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let c = loop {
+        if let Some(c) = dev.shared_ipad_user_status("student1", None).await.unwrap() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no UserConfigured");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(c.request_type, "UserConfigured");
+    assert!(
+        dev.shared_ipad_user_status("student1", Some(&c.uuid))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        dev.idle().await.unwrap().is_none(),
+        "nothing on the device channel"
+    );
+    let released = events_of(&api, "device.released").await;
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert_eq!(released[0]["data"]["serial_number"], dev.serial.as_str());
+    s.stop().await;
+}

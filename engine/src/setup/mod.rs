@@ -39,8 +39,19 @@ use crate::store::{
     DepStore, DeviceRecord, DeviceStage, DeviceStore, EnrollmentStore, Event, LifecycleWrite,
     NewEvent, SetupRecord, SetupState, SetupStep, StepState, StoreError, TeamStore, Timestamp,
 };
+use crate::wire::command::Command;
 use crate::wire::enrollment_id::EnrollmentId;
-use crate::wire::setup::device_configured;
+use crate::wire::setup::{device_configured, user_configured};
+
+/// The command that releases `setup`: `UserConfigured` for a Shared iPad user channel, else
+/// `DeviceConfigured`.
+fn release_command(setup: &SetupRecord, uuid: &str) -> Command {
+    if setup.user_channel {
+        user_configured(uuid)
+    } else {
+        device_configured(uuid)
+    }
+}
 
 /// The outbox cursor's name.
 const CURSOR: &str = "setup";
@@ -231,6 +242,12 @@ impl SetupService {
                 }
                 None => LifecycleWrite::default(),
             },
+            (kind::ENROLLMENT_COMPLETED, Some(id))
+                if text("kind").as_deref() == Some("shared_ipad_user")
+                    && e.data["awaiting_configuration"].as_bool() == Some(true) =>
+            {
+                return self.user_enrolled(id, e, text("parent")).await;
+            }
             (kind::ENROLLMENT_COMPLETED, Some(id)) if text("kind").as_deref() == Some("device") => {
                 let awaiting = e.data["awaiting_configuration"].as_bool() == Some(true);
                 return self.enrolled(id, e, awaiting).await;
@@ -413,6 +430,7 @@ impl SetupService {
             state: SetupState::Running,
             release_command: None,
             release_queued: false,
+            user_channel: false,
             next_check_at: None,
             updated_at: now(),
         };
@@ -435,6 +453,65 @@ impl SetupService {
         })
         .await?;
         self.drive(setup).await
+    }
+
+    /// A Shared iPad user's first `TokenUpdate` while its session waits: nothing user-scoped can
+    /// block it, so it is released with `UserConfigured` on the user channel.
+    async fn user_enrolled(
+        &self,
+        id: &EnrollmentId,
+        e: &Event,
+        parent: Option<String>,
+    ) -> Result<(), StoreError> {
+        let cursor = Some((CURSOR.to_owned(), e.seq));
+        if let Some(existing) = self.devices.setup(id.as_str()).await?
+            && existing.started_by >= e.seq
+        {
+            self.commit(LifecycleWrite {
+                cursor,
+                ..Default::default()
+            })
+            .await?;
+            return self.queue_release(existing).await;
+        }
+        let serial = match &parent {
+            Some(p) => self
+                .devices
+                .device_by_enrollment(p)
+                .await?
+                .map(|d| d.serial_number),
+            None => None,
+        }
+        .unwrap_or_else(|| id.to_string());
+        let mut setup = SetupRecord {
+            enrollment_id: id.to_string(),
+            serial_number: serial,
+            started_by: e.seq,
+            started_at: e.at,
+            steps_by: "default".into(),
+            steps: Vec::new(),
+            timeout_secs: 0,
+            state: SetupState::Running,
+            release_command: None,
+            release_queued: false,
+            user_channel: true,
+            next_check_at: None,
+            updated_at: now(),
+        };
+        let released = self.mark_released(
+            &mut setup,
+            "default",
+            "Shared iPad user session: nothing blocks it",
+            id,
+        );
+        self.commit(LifecycleWrite {
+            setups: vec![setup.clone()],
+            events: vec![released],
+            cursor,
+            ..Default::default()
+        })
+        .await?;
+        self.queue_release(setup).await
     }
 
     /// A device answered a command: if it is a setup step's, record the result and ask `release`.
@@ -720,7 +797,7 @@ impl SetupService {
         let id = EnrollmentId::new(setup.enrollment_id.clone());
         let outcome = self
             .commander
-            .enqueue(&device_configured(&uuid), &[id], true)
+            .enqueue(&release_command(&setup, &uuid), &[id], true)
             .await?;
         if let Some(err) = outcome.targets.first().and_then(|t| t.error.clone()) {
             // For example a full queue: try again on the timer, the decision stands.
@@ -738,7 +815,9 @@ impl SetupService {
         setup.next_check_at = None;
         setup.updated_at = now();
         let mut devices = Vec::new();
-        if let Some(mut d) = self.devices.device(&setup.serial_number).await? {
+        if !setup.user_channel
+            && let Some(mut d) = self.devices.device(&setup.serial_number).await?
+        {
             d.stage = DeviceStage::Released;
             d.updated_at = now();
             devices.push(d);
@@ -820,6 +899,7 @@ impl SetupService {
                 state: SetupState::Running,
                 release_command: None,
                 release_queued: false,
+                user_channel: false,
                 next_check_at: None,
                 updated_at: now(),
             },

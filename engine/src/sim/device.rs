@@ -344,6 +344,51 @@ impl Device {
         self.report(&d).await?.command()
     }
 
+    /// `TokenUpdate` for a Shared iPad user's channel (`UserID` is Apple's all-F value).
+    pub async fn shared_ipad_user_token_update(
+        &self,
+        short_name: &str,
+        awaiting_configuration: bool,
+    ) -> anyhow::Result<()> {
+        let mut d = self.base(Some("TokenUpdate"));
+        d.insert(
+            "UserID".into(),
+            crate::wire::enrollment_id::SHARED_IPAD_USER_ID.into(),
+        );
+        d.insert("UserShortName".into(), short_name.into());
+        d.insert("Token".into(), Value::Data(vec![7; 32]));
+        d.insert("PushMagic".into(), "shared-ipad-magic".into());
+        d.insert("Topic".into(), self.topic.clone().into());
+        if awaiting_configuration {
+            d.insert("AwaitingConfiguration".into(), true.into());
+        }
+        Self::ok(self.checkin(&d).await?, "Shared iPad user TokenUpdate").map(|_| ())
+    }
+
+    /// `Idle` on a Shared iPad user's channel, or acknowledge `uuid` there.
+    pub async fn shared_ipad_user_status(
+        &self,
+        short_name: &str,
+        uuid: Option<&str>,
+    ) -> anyhow::Result<Option<ReceivedCommand>> {
+        let mut d = self.base(None);
+        d.insert(
+            "UserID".into(),
+            crate::wire::enrollment_id::SHARED_IPAD_USER_ID.into(),
+        );
+        d.insert("UserShortName".into(), short_name.into());
+        match uuid {
+            Some(u) => {
+                d.insert("Status".into(), "Acknowledged".into());
+                d.insert("CommandUUID".into(), u.into());
+            }
+            None => {
+                d.insert("Status".into(), "Idle".into());
+            }
+        }
+        self.report(&d).await?.command()
+    }
+
     /// `Idle`: anything for me?
     pub async fn idle(&self) -> anyhow::Result<Option<ReceivedCommand>> {
         self.send_status("Idle", None).await

@@ -208,6 +208,9 @@ pub struct SetupRecord {
     /// Whether that command has been queued.
     #[serde(default)]
     pub release_queued: bool,
+    /// A Shared iPad user channel's setup: released with `UserConfigured` on that channel.
+    #[serde(default)]
+    pub user_channel: bool,
     /// When the release rule is next asked, while running.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub next_check_at: Option<Timestamp>,

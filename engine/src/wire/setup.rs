@@ -87,6 +87,11 @@ pub fn device_configured(uuid: &str) -> Command {
     Command::build(uuid, "DeviceConfigured", Dictionary::new())
 }
 
+/// `UserConfigured`: release a Shared iPad user's session setup (sent on the user channel).
+pub fn user_configured(uuid: &str) -> Command {
+    Command::build(uuid, "UserConfigured", Dictionary::new())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +160,7 @@ mod tests {
         assert!(d["Settings"].as_array().is_some());
         assert!(raw_command("u", "X", &serde_json::json!({"a": null})).is_err());
         assert_eq!(device_configured("r").request_type, "DeviceConfigured");
+        assert_eq!(user_configured("r").request_type, "UserConfigured");
         let p = command_dict(&install_profile("p", b"<plist/>"));
         assert_eq!(p["Payload"].as_data(), Some(&b"<plist/>"[..]));
     }
