@@ -16,7 +16,8 @@
 //! | `none`      | no opinion                                                                 |
 //! | anything    | echoes its input and configuration back, so every field's mapping shows    |
 //!
-//! Configuration: `hooks` (comma-separated hook names to declare; default all four), `profile`.
+//! Configuration: `hooks` (comma-separated hook names to declare; default all four), `profile`,
+//! `team` (the team `place` answers for ordinary serials, instead of the echo).
 
 use pomona_sdk::{
     AccountStep, AssignDecision, CommandStep, DepEvent, Device, Hook, PackageStep, PlaceDecision,
@@ -171,7 +172,10 @@ impl Plugin for TestGuest {
             "escape" => PlaceDecision::Team(escape_report()),
             "clock" => PlaceDecision::Team(host::now().to_string()),
             "no-team" => PlaceDecision::NoTeam,
-            _ => PlaceDecision::Team(echo_device(&d)),
+            _ => match host::config("team") {
+                Some(team) => PlaceDecision::Team(team),
+                None => PlaceDecision::Team(echo_device(&d)),
+            },
         }))
     }
 
