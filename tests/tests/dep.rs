@@ -925,3 +925,44 @@ async fn teams_decide_enrollment_profiles_at_sync() {
     let d = api.get("/v1/devices/MAC3").await.unwrap().json;
     assert_eq!(d["device"]["placed_by"], "movers");
 }
+
+/// A plugin that answers `retry_after` is asked again once that time has passed (durably: the
+/// re-ask time is stored with the device), and its later answer is assigned.
+#[tokio::test]
+async fn retry_after_asks_the_plugin_again_later() {
+    let r = rig(10).await;
+    let until = time::OffsetDateTime::now_utc().unix_timestamp() + 2;
+    let (status, j) = put_plugin(
+        &r,
+        "later",
+        &format!("?config.until={until}"),
+        r#"return { auto_assign = function(e)
+             if pomona.now() < tonumber(pomona.config["until"]) then return { retry_after = 1 } end
+             return { assign = "standard" }
+           end }"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{j}");
+    r.abm.add("WAIT1", "Mac");
+    sync(&r, false).await;
+    let d = device(&r, "WAIT1").await;
+    assert_eq!(d["assigned_profile"], Value::Null, "not yet: {d}");
+    assert!(d["reask_at"].is_string(), "{d}");
+    assert!(r.abm.assignments("WAIT1").is_empty());
+    r.server.engine.dep().tick().await;
+    assert_eq!(
+        device(&r, "WAIT1").await["assigned_profile"],
+        Value::Null,
+        "asked too early: still waiting"
+    );
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    r.server.engine.dep().tick().await;
+    let d = device(&r, "WAIT1").await;
+    assert_eq!(d["assigned_profile"], "standard", "{d}");
+    assert_eq!(d["reask_at"], Value::Null);
+    assert_eq!(
+        r.abm.assignments("WAIT1").len(),
+        1,
+        "assigned with Apple once"
+    );
+}

@@ -304,9 +304,10 @@ impl DepService {
                     }
                     AssignDecision::Skip => {}
                     AssignDecision::RetryAfter(secs) => {
-                        // Re-asked when Apple next reports the device (a timed re-ask is part
-                        // of the durable setup flow, not yet built).
-                        tracing::info!(server = %s.name, serial = %d.serial_number, secs, by = %decided.by, "auto-assign asked to retry later");
+                        tracing::info!(server = %s.name, serial = %d.serial_number, secs, by = %decided.by, "auto-assign asked to be asked again later");
+                        commit
+                            .reask
+                            .push((d.serial_number.clone(), reask_time(secs)));
                     }
                 }
                 commit
@@ -525,7 +526,56 @@ impl DepService {
         }
     }
 
-    /// Run what is due: sync servers whose interval elapsed and assign due devices.
+    /// Ask `auto-assign` again about devices a plugin answered `retry_after` for, once that
+    /// time has come; queue the assignments it now decides.
+    pub async fn reask_due(&self, s: &DepServer) -> Result<usize, DepServiceError> {
+        let due = self.store.due_reasks(&s.name, now(), 1000).await?;
+        let mut assign: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for rec in &due {
+            let op = rec
+                .history
+                .last()
+                .map_or_else(|| "modified".to_owned(), |h| h.op.clone());
+            let mut placed = LifecycleWrite::default();
+            let (team, team_profile) = self.place_synced(s, &op, &rec.device, &mut placed).await?;
+            if let Some(p) = &self.placement
+                && !placed.is_empty()
+            {
+                let events = p.devices.apply(placed, now()).await?;
+                self.outbox.broadcast(&events);
+            }
+            // The device never got an answer, so the built-in rule treats it as new.
+            let builtin = || match team_profile.or_else(|| s.default_profile.clone()) {
+                Some(p) if wants_assignment(&op, None, &rec.device) => AssignDecision::Assign(p),
+                _ => AssignDecision::Skip,
+            };
+            let mut input = policy_event(&s.name, &op, Some(rec), &rec.device);
+            input.team = team;
+            let decided = self.policy.auto_assign(&input, builtin).await;
+            let serial = &rec.serial_number;
+            match decided.decision {
+                AssignDecision::Assign(profile) => {
+                    assign.entry(profile).or_default().push(serial.clone())
+                }
+                AssignDecision::Skip => self.store.set_reask(&s.name, serial, None).await?,
+                AssignDecision::RetryAfter(secs) => {
+                    self.store
+                        .set_reask(&s.name, serial, Some(reask_time(secs)))
+                        .await?
+                }
+            }
+        }
+        for (profile, serials) in &assign {
+            // Recording the assignment clears the re-ask.
+            self.store
+                .request_assignments(&s.name, profile, serials, now())
+                .await?;
+        }
+        Ok(due.len())
+    }
+
+    /// Run what is due: sync servers whose interval elapsed, ask `auto-assign` again where a
+    /// plugin asked for it, and assign due devices.
     pub async fn tick(&self) {
         let servers = match self.store.dep_servers().await {
             Ok(s) => s,
@@ -537,6 +587,9 @@ impl DepService {
                 && s.last_sync_at.is_none_or(|t| {
                     now() - t >= time::Duration::seconds(s.sync_interval_secs as i64)
                 });
+            if usable && let Err(err) = self.reask_due(&s).await {
+                tracing::warn!(server = %s.name, %err, "DEP re-ask failed");
+            }
             if usable && due {
                 if let Err(err) = self.sync_server(&s.name, false).await {
                     tracing::warn!(server = %s.name, %err, "DEP sync failed");
@@ -546,6 +599,11 @@ impl DepService {
             }
         }
     }
+}
+
+/// When a device answered with `retry_after = secs` is asked again (at least a second away).
+fn reask_time(secs: u64) -> crate::store::Timestamp {
+    now() + Duration::from_secs(secs.clamp(1, 366 * 24 * 3600))
 }
 
 fn device_event(server: &str, op: &str, known: Option<&DepDeviceRecord>, d: &Device) -> NewEvent {

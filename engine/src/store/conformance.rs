@@ -106,6 +106,161 @@ pub async fn run_all<S: Store>(store: &S) {
     machine_info(store).await;
     webhooks::webhooks(store).await;
     profile_library(store).await;
+    devices_and_setups(store).await;
+}
+
+async fn devices_and_setups<S: Store>(store: &S) {
+    let t0 = now();
+    let device = DeviceRecord {
+        serial_number: "SN-SETUP".into(),
+        udid: None,
+        enrollment_id: Some("E-SETUP".into()),
+        model: "Mac mini".into(),
+        device_family: "Mac".into(),
+        os: "OSX".into(),
+        os_version: None,
+        dep_server: None,
+        stage: DeviceStage::Enrolled,
+        team: Some("T".into()),
+        placed_by: Some("default".into()),
+        user: None,
+        created_at: t0,
+        updated_at: t0,
+    };
+    let step = |id: &str, uuid: &str| SetupStep {
+        id: id.into(),
+        required: true,
+        action: serde_json::json!({"id": id, "install_profile": "wifi"}),
+        command_uuid: uuid.into(),
+        queued: true,
+        status: StepState::Running,
+        attempts: 0,
+        error: None,
+    };
+    let mut setup = SetupRecord {
+        enrollment_id: "E-SETUP".into(),
+        serial_number: "SN-SETUP".into(),
+        started_by: 7,
+        started_at: t0,
+        steps_by: "default".into(),
+        steps: vec![step("a", "CMD-A"), step("b", "CMD-B")],
+        timeout_secs: 60,
+        state: SetupState::Running,
+        release_command: None,
+        release_queued: false,
+        user_channel: false,
+        next_check_at: Some(t0 + Duration::seconds(30)),
+        updated_at: t0,
+    };
+    let events = store
+        .apply(
+            LifecycleWrite {
+                devices: vec![device.clone()],
+                setups: vec![setup.clone()],
+                events: vec![NewEvent {
+                    kind: "setup.started".into(),
+                    enrollment_id: None,
+                    data: serde_json::json!({}),
+                }],
+                cursor: Some(("conformance".into(), 41)),
+            },
+            t0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "events commit with the records");
+    assert_eq!(store.cursor("conformance").await.unwrap(), 41);
+    assert_eq!(store.cursor("never-set").await.unwrap(), 0);
+    assert_eq!(
+        store.device("SN-SETUP").await.unwrap(),
+        Some(device.clone())
+    );
+    assert_eq!(
+        store.device_by_enrollment("E-SETUP").await.unwrap(),
+        Some(device.clone())
+    );
+    assert_eq!(
+        store
+            .setup_by_command("CMD-B")
+            .await
+            .unwrap()
+            .map(|s| s.started_by),
+        Some(7)
+    );
+    assert!(
+        store.due_setups(t0, 10).await.unwrap().is_empty(),
+        "not yet due"
+    );
+    assert_eq!(
+        store
+            .due_setups(t0 + Duration::seconds(31), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // A new setup of the same enrollment replaces the old one's command index and timer.
+    setup.started_by = 9;
+    setup.steps = vec![step("c", "CMD-C")];
+    setup.state = SetupState::Held {
+        reason: "r".into(),
+        by: "p".into(),
+    };
+    store
+        .apply(
+            LifecycleWrite {
+                setups: vec![setup],
+                ..Default::default()
+            },
+            t0,
+        )
+        .await
+        .unwrap();
+    assert!(store.setup_by_command("CMD-A").await.unwrap().is_none());
+    assert!(store.setup_by_command("CMD-C").await.unwrap().is_some());
+    assert!(
+        store
+            .due_setups(t0 + Duration::seconds(31), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a held setup has no timer"
+    );
+    // Moving a device to another enrollment re-indexes it.
+    let mut moved = device;
+    moved.enrollment_id = Some("E-OTHER".into());
+    store
+        .apply(
+            LifecycleWrite {
+                devices: vec![moved],
+                ..Default::default()
+            },
+            t0,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .device_by_enrollment("E-SETUP")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .device_by_enrollment("E-OTHER")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let listed = store
+        .list_devices(&DeviceQuery {
+            team: Some("T".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
 }
 
 async fn machine_info<S: Store>(store: &S) {

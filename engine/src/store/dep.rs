@@ -173,6 +173,9 @@ pub struct DepDeviceRecord {
     /// When the next assignment attempt is due (pending work).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub assign_due_at: Option<Timestamp>,
+    /// When to ask the `auto-assign` hook again (a plugin answered `retry_after`).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub reask_at: Option<Timestamp>,
     /// First seen.
     #[serde(with = "time::serde::rfc3339")]
     pub first_seen_at: Timestamp,
@@ -200,6 +203,9 @@ pub struct DepPageCommit {
     pub new_chain: bool,
     /// Events to append in the same transaction.
     pub events: Vec<NewEvent>,
+    /// Devices to ask the `auto-assign` hook about again: serial → when. A device of the page
+    /// that is not listed here has any earlier re-ask cleared (its new answer replaces it).
+    pub reask: Vec<(String, Timestamp)>,
 }
 
 /// A profile template and its definitions with Apple, per server.
@@ -291,6 +297,16 @@ pub trait DepStore: Send + Sync {
         serials: &[String],
         now: Timestamp,
     ) -> StoreResult<()>;
+    /// Devices of `server` whose re-ask time has come, soonest first.
+    async fn due_reasks(
+        &self,
+        server: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<DepDeviceRecord>>;
+    /// Set or clear when to ask the `auto-assign` hook about a device again.
+    async fn set_reask(&self, server: &str, serial: &str, at: Option<Timestamp>)
+    -> StoreResult<()>;
     /// Create or replace a profile template.
     async fn put_dep_profile(&self, profile: &ProfileTemplate) -> StoreResult<()>;
     /// One profile template.

@@ -71,6 +71,7 @@ fn device_view(d: &DepDeviceRecord) -> serde_json::Value {
         "assign_error": d.assign_error,
         "assign_attempts": d.assign_attempts,
         "next_assign_at": d.assign_due_at.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+        "reask_at": d.reask_at.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
         "history": d.history,
     })
 }

@@ -4,7 +4,7 @@ use ::redb::{ReadableTable, WriteTransaction};
 use async_trait::async_trait;
 
 use super::misc::append_in;
-use super::tables::{DEP_DEVICES, DEP_DUE, DEP_PROFILES, DEP_SERVERS};
+use super::tables::{DEP_DEVICES, DEP_DUE, DEP_PROFILES, DEP_REASK, DEP_SERVERS};
 use super::{RedbStore, backend, decode, encode};
 use crate::store::{
     AssignResult, DEP_HISTORY_LIMIT, DepDeviceQuery, DepDeviceRecord, DepHistoryEntry,
@@ -49,6 +49,56 @@ fn save_device(
             encode(d).as_slice(),
         )
         .map_err(backend)?;
+    Ok(())
+}
+
+/// Devices of `server` in a (time, server, serial) index whose time is at most `now`, soonest
+/// first.
+fn due_devices(
+    txn: &::redb::ReadTransaction,
+    index: ::redb::TableDefinition<(i64, &str, &str), ()>,
+    server: &str,
+    now: Timestamp,
+    limit: usize,
+) -> StoreResult<Vec<DepDeviceRecord>> {
+    let due = txn.open_table(index).map_err(backend)?;
+    let devices = txn.open_table(DEP_DEVICES).map_err(backend)?;
+    let mut out = Vec::new();
+    for e in due
+        .range((i64::MIN, "", "")..=(ms(now), "\u{10FFFF}", "\u{10FFFF}"))
+        .map_err(backend)?
+    {
+        let (k, _) = e.map_err(backend)?;
+        let (_, srv, serial) = k.value();
+        if srv != server {
+            continue;
+        }
+        if let Some(v) = devices.get((srv, serial)).map_err(backend)? {
+            out.push(decode("DEP device", v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Move a device's re-ask entry to `at` (or remove it).
+fn set_reask_in(
+    txn: &WriteTransaction,
+    d: &mut DepDeviceRecord,
+    at: Option<Timestamp>,
+) -> StoreResult<()> {
+    let mut t = txn.open_table(DEP_REASK).map_err(backend)?;
+    if let Some(old) = d.reask_at {
+        t.remove((ms(old), d.server.as_str(), d.serial_number.as_str()))
+            .map_err(backend)?;
+    }
+    if let Some(new) = at {
+        t.insert((ms(new), d.server.as_str(), d.serial_number.as_str()), ())
+            .map_err(backend)?;
+    }
+    d.reask_at = at;
     Ok(())
 }
 
@@ -121,9 +171,17 @@ impl DepStore for RedbStore {
                     assign_error: None,
                     assign_attempts: 0,
                     assign_due_at: None,
+                    reask_at: None,
                     first_seen_at: now,
                     updated_at: now,
                 });
+                let reask = page
+                    .reask
+                    .iter()
+                    .find(|(s, _)| s == serial)
+                    .map(|(_, at)| *at)
+                    .filter(|_| op != "deleted");
+                set_reask_in(txn, &mut rec, reask)?;
                 rec.device = device.clone();
                 rec.present = op != "deleted";
                 rec.updated_at = now;
@@ -227,28 +285,7 @@ impl DepStore for RedbStore {
         now: Timestamp,
         limit: usize,
     ) -> StoreResult<Vec<DepDeviceRecord>> {
-        self.read(|txn| {
-            let due = txn.open_table(DEP_DUE).map_err(backend)?;
-            let devices = txn.open_table(DEP_DEVICES).map_err(backend)?;
-            let mut out = Vec::new();
-            for e in due
-                .range((i64::MIN, "", "")..=(ms(now), "\u{10FFFF}", "\u{10FFFF}"))
-                .map_err(backend)?
-            {
-                let (k, _) = e.map_err(backend)?;
-                let (_, srv, serial) = k.value();
-                if srv != server {
-                    continue;
-                }
-                if let Some(v) = devices.get((srv, serial)).map_err(backend)? {
-                    out.push(decode("DEP device", v.value())?);
-                    if out.len() >= limit {
-                        break;
-                    }
-                }
-            }
-            Ok(out)
-        })
+        self.read(|txn| due_devices(txn, DEP_DUE, server, now, limit))
     }
 
     async fn record_assignments(
@@ -303,9 +340,12 @@ impl DepStore for RedbStore {
                     assign_error: None,
                     assign_attempts: 0,
                     assign_due_at: None,
+                    reask_at: None,
                     first_seen_at: now,
                     updated_at: now,
                 });
+                // An assignment answers any pending re-ask.
+                set_reask_in(txn, &mut d, None)?;
                 d.assigned_profile = Some(profile.clone());
                 d.assign_result = None;
                 d.assign_error = None;
@@ -315,6 +355,33 @@ impl DepStore for RedbStore {
                 save_device(txn, old_due, &d)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn due_reasks(
+        &self,
+        server: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<DepDeviceRecord>> {
+        self.read(|txn| due_devices(txn, DEP_REASK, server, now, limit))
+    }
+
+    async fn set_reask(
+        &self,
+        server: &str,
+        serial: &str,
+        at: Option<Timestamp>,
+    ) -> StoreResult<()> {
+        let (server, serial) = (server.to_owned(), serial.to_owned());
+        self.write(move |txn| {
+            let Some(mut d) = load_device(txn, &server, &serial)? else {
+                return Ok(());
+            };
+            let old_due = d.assign_due_at;
+            set_reask_in(txn, &mut d, at)?;
+            save_device(txn, old_due, &d)
         })
         .await
     }

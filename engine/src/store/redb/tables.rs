@@ -52,6 +52,8 @@ pub const DEP_SERVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("dep_
 pub const DEP_DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("dep_devices");
 /// (due time in unix ms, server, serial) → (): pending assignment work.
 pub const DEP_DUE: TableDefinition<(i64, &str, &str), ()> = TableDefinition::new("dep_assign_due");
+/// (re-ask time in unix ms, server, serial) → (): devices a plugin asked to be asked about again.
+pub const DEP_REASK: TableDefinition<(i64, &str, &str), ()> = TableDefinition::new("dep_reask");
 /// Profile template name → JSON [`crate::store::ProfileTemplate`].
 pub const DEP_PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("dep_profiles");
 /// Uploaded policy plugins: name → settings (JSON).
@@ -106,6 +108,7 @@ pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
         DEP_SERVERS,
         DEP_DEVICES,
         DEP_DUE,
+        DEP_REASK,
         DEP_PROFILES,
         PLUGINS,
         PROFILES,
