@@ -17,6 +17,10 @@ async fn main() -> anyhow::Result<()> {
             cli::init_logging(cli::LogFormat::Text);
             cli::dep::run(&remote, command).await
         }
+        Command::Device { remote, command } => {
+            cli::init_logging(cli::LogFormat::Text);
+            cli::device::run(&remote, command).await
+        }
         Command::Demo(args) => {
             cli::init_logging(cli::LogFormat::Text);
             cli::demo::run(args).await
@@ -32,6 +36,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Push(cmd) => {
             cli::init_logging(cli::LogFormat::Text);
             cli::push::run(cmd).await
+        }
+        Command::Team { remote, command } => {
+            cli::init_logging(cli::LogFormat::Text);
+            cli::team::run(&remote, command).await
         }
         Command::Version => {
             println!("pomona {}", env!("CARGO_PKG_VERSION"));

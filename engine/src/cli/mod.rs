@@ -3,10 +3,12 @@
 pub mod client;
 pub mod demo;
 pub mod dep;
+pub mod device;
 pub mod plugin;
 pub mod profile;
 pub mod push;
 pub mod serve;
+pub mod team;
 
 use std::path::PathBuf;
 
@@ -35,6 +37,15 @@ pub enum Command {
         #[command(subcommand)]
         command: dep::DepCommand,
     },
+    /// Device records: list, show, setup progress, team, release (talks to the API).
+    Device {
+        /// The engine.
+        #[command(flatten)]
+        remote: client::Remote,
+        /// What to do.
+        #[command(subcommand)]
+        command: device::DeviceCommand,
+    },
     /// Run the whole automated-enrollment flow on loopback: the engine, a fake Apple Business
     /// Manager, a fake APNs and simulated Macs, with the first-party plugins.
     Demo(demo::DemoArgs),
@@ -53,6 +64,15 @@ pub enum Command {
     /// Push certificates: make a CSR, upload the certificate.
     #[command(subcommand)]
     Push(push::PushCommand),
+    /// Teams: enrollment profile per platform, setup steps, release timeout (talks to the API).
+    Team {
+        /// The engine.
+        #[command(flatten)]
+        remote: client::Remote,
+        /// What to do.
+        #[command(subcommand)]
+        command: team::TeamCommand,
+    },
     /// Print the version.
     Version,
 }
