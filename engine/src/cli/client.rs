@@ -44,10 +44,12 @@ impl Remote {
         let status = resp.status();
         let bytes = resp.bytes().await?.to_vec();
         if !status.is_success() {
-            anyhow::bail!(
-                "{url} answered {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            );
+            // The admin API answers `{"error": "<precise message>"}`; show just the message.
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
+            anyhow::bail!("{message} ({status})");
         }
         Ok(bytes)
     }

@@ -170,35 +170,17 @@ pub(super) async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    let api_key = remote.api_key.as_deref().context(
-        "no admin API key: pass --api-key or set POMONA_API_KEY (see <data_dir>/api.key)",
-    )?;
-    let url = format!("{}{path}", remote.url.trim_end_matches('/'));
-    let mut req = reqwest::Client::new()
-        .request(method, &url)
-        .bearer_auth(api_key);
-    if let Some(b) = body {
-        req = req
-            .header("Content-Type", "application/json")
-            .body(serde_json::to_vec(&b)?);
-    }
-    let resp = req.send().await.with_context(|| format!("calling {url}"))?;
-    let status = resp.status();
-    let bytes = resp
-        .bytes()
-        .await
-        .with_context(|| format!("reading {url}"))?;
-    if !status.is_success() {
-        let message = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
-        anyhow::bail!("{message} ({status})");
-    }
+    let body = match body {
+        Some(b) => Some(reqwest::Body::from(serde_json::to_vec(&b)?)),
+        None => None,
+    };
+    let bytes = remote
+        .send(method, path, body, Some("application/json"))
+        .await?;
     if bytes.is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&bytes).with_context(|| format!("{url} did not answer JSON"))
+    serde_json::from_slice(&bytes).with_context(|| format!("{path} did not answer JSON"))
 }
 
 /// Print a JSON value, pretty.
