@@ -739,11 +739,13 @@ impl Engine {
             let inner = inner.clone();
             async move { inner.dep.tick().await }
         }));
-        // APNs: wake devices that have been silent too long (paced, see `ApnsOptions`).
+        // APNs: re-check push-certificate expiry (an event when one becomes expiring or expired),
+        // then wake devices that have been silent too long (paced, see `ApnsOptions`).
         let inner = self.inner.clone();
         tasks.push(every(&self.inner.shutdown, REARM_TICK, move || {
             let inner = inner.clone();
             async move {
+                inner.apns.check_certificates().await;
                 match inner.apns.rearm().await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(pushed = n, "re-armed silent devices"),

@@ -924,6 +924,27 @@ async fn teams_decide_enrollment_profiles_at_sync() {
     assert_eq!(device(&r, "MAC3").await["assigned_profile"], "mac-lab");
     let d = api.get("/v1/devices/MAC3").await.unwrap().json;
     assert_eq!(d["device"]["placed_by"], "movers");
+
+    // Changing a team's enrollment profile re-assigns its devices that have not enrolled.
+    let res = api
+        .put_json(
+            "/v1/teams/Lab",
+            &json!({"enrollment_profiles": {"macos": "mac-eng"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status, 200, "{}", res.json);
+    assert_eq!(res.json["reassigned"], 2, "MAC1 and MAC3: {}", res.json);
+    assert_eq!(device(&r, "MAC1").await["assigned_profile"], "mac-eng");
+    assert_eq!(device(&r, "MAC3").await["assigned_profile"], "mac-eng");
+    let res = api
+        .put_json(
+            "/v1/teams/Lab",
+            &json!({"enrollment_profiles": {"macos": "mac-eng"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.json["reassigned"], 0, "nothing changed");
 }
 
 /// A plugin that answers `retry_after` is asked again once that time has passed (durably: the
