@@ -111,6 +111,9 @@ pub struct SetupService {
     options: SetupOptions,
     /// One event or timer pass at a time, so two passes never race on one record.
     running: tokio::sync::Mutex<()>,
+    /// The cursor past events that changed nothing, written once per pass rather than once per
+    /// event (re-reading them after a crash changes nothing either).
+    pending_cursor: std::sync::Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for SetupService {
@@ -147,6 +150,7 @@ impl SetupService {
             outbox,
             options,
             running: tokio::sync::Mutex::new(()),
+            pending_cursor: std::sync::Mutex::new(None),
         }
     }
 
@@ -183,16 +187,29 @@ impl SetupService {
     pub async fn pass(&self) -> Result<usize, StoreError> {
         let _one = self.running.lock().await;
         let mut handled = 0;
+        let mut after = self.devices.cursor(CURSOR).await?;
         loop {
-            let after = self.devices.cursor(CURSOR).await?;
             let events = self.outbox.after(after, BATCH).await?;
             if events.is_empty() {
                 break;
             }
             for e in events {
                 self.handle(&e).await?;
+                after = e.seq;
                 handled += 1;
             }
+        }
+        let pending = self.pending_cursor.lock().expect("cursor lock").take();
+        if let Some(seq) = pending {
+            self.devices
+                .apply(
+                    LifecycleWrite {
+                        cursor: Some((CURSOR.to_owned(), seq)),
+                        ..Default::default()
+                    },
+                    now(),
+                )
+                .await?;
         }
         for setup in self.devices.due_setups(now(), 100).await? {
             self.drive(setup).await?;
@@ -286,6 +303,17 @@ impl SetupService {
     async fn commit(&self, write: LifecycleWrite) -> Result<(), StoreError> {
         if write.is_empty() {
             return Ok(());
+        }
+        let only_cursor =
+            write.devices.is_empty() && write.setups.is_empty() && write.events.is_empty();
+        if only_cursor {
+            // Nothing changed: move the cursor at the end of the pass, in one write.
+            *self.pending_cursor.lock().expect("cursor lock") = write.cursor.map(|(_, seq)| seq);
+            return Ok(());
+        }
+        if write.cursor.is_some() {
+            // This write moves the cursor past any pending one.
+            *self.pending_cursor.lock().expect("cursor lock") = None;
         }
         let events = self.devices.apply(write, now()).await?;
         self.outbox.broadcast(&events);
