@@ -65,6 +65,10 @@ pub struct DemoArgs {
     /// End with one JSON line summarising the run.
     #[arg(long)]
     pub json: bool,
+    /// Keep the engine's state in a database file in this (new or empty) directory instead of
+    /// memory, with every commit durable, as `pomona serve` runs.
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// When each stage of one Mac happened, as seconds since the start.
@@ -99,7 +103,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut key = [0u8; 24];
     openssl::rand::rand_bytes(&mut key)?;
     let api_key = hex::encode(key);
-    let engine = Engine::builder()
+    let mut builder = Engine::builder();
+    if let Some(dir) = &args.data_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("pomona.redb");
+        if path.exists() {
+            bail!(
+                "{} exists: give the demo a new or empty directory",
+                path.display()
+            );
+        }
+        let store = pomona::store::redb::RedbStore::open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        builder = builder.store(Arc::new(store));
+    }
+    let engine = builder
         .api_key(&api_key)
         .public_url(&url)
         .enroll_options(enroll)
