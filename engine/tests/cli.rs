@@ -261,3 +261,26 @@ fn demo_releases_every_mac_and_ends_with_a_json_summary() {
         "--show 1 prints one Mac's timeline"
     );
 }
+
+/// `pomona demo --data-dir` runs on a durable database file, and never reuses one.
+#[test]
+fn demo_on_disk_refuses_an_existing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let args = [
+        "demo",
+        "--devices",
+        "1",
+        "--show",
+        "0",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let out = pomona(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(data.join("pomona.redb").exists());
+    let out = pomona(&args);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+}
