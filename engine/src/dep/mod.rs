@@ -7,6 +7,7 @@
 
 pub mod client;
 mod sync;
+mod teams;
 
 pub use sync::SyncReport;
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::policy::{AssignDecision, DepEvent, OpType};
+use crate::policy::{AssignDecision, Decided, DepEvent, OpType};
 use std::time::Duration;
 
 use serde_json::json;
@@ -107,22 +107,7 @@ impl DepService {
         let at = now();
         let mut rec = match p.devices.device(&d.serial_number).await? {
             Some(r) => r,
-            None => DeviceRecord {
-                serial_number: d.serial_number.clone(),
-                udid: None,
-                enrollment_id: None,
-                model: String::new(),
-                device_family: String::new(),
-                os: String::new(),
-                os_version: None,
-                dep_server: None,
-                stage: DeviceStage::Synced,
-                team: None,
-                placed_by: None,
-                user: None,
-                created_at: at,
-                updated_at: at,
-            },
+            None => DeviceRecord::new(&d.serial_number, DeviceStage::Synced, at),
         };
         let text = |v: &Option<String>, old: &str| v.clone().unwrap_or_else(|| old.to_owned());
         rec.model = text(&d.model, &rec.model);
@@ -146,6 +131,46 @@ impl DepService {
         let team = rec.team.clone();
         placed.devices.push(rec);
         Ok((team, profile))
+    }
+
+    /// Place `d` and ask the `auto-assign` chain which profile it gets. The built-in rule is
+    /// its team's profile, else the server's default, for a device that wants one: new,
+    /// re-added, moved in or unassigned (every device when `as_new`), or a known device a plugin
+    /// just moved to a team with another profile.
+    async fn decide_assignment(
+        &self,
+        s: &DepServer,
+        op: &str,
+        d: &Device,
+        known: Option<&DepDeviceRecord>,
+        as_new: bool,
+        placed: &mut LifecycleWrite,
+    ) -> Result<Decided<AssignDecision>, DepServiceError> {
+        let before = placed.events.len();
+        let (team, team_profile) = self.place_synced(s, op, d, placed).await?;
+        let rule_known = if as_new { None } else { known };
+        let moved = placed.events.len() > before
+            && rule_known.is_some_and(|k| {
+                k.present && team_profile.is_some() && k.assigned_profile != team_profile
+            });
+        let builtin = || match team_profile.or_else(|| s.default_profile.clone()) {
+            Some(p) if moved || wants_assignment(op, rule_known, d) => AssignDecision::Assign(p),
+            _ => AssignDecision::Skip,
+        };
+        let mut input = policy_event(&s.name, op, known, d);
+        input.team = team;
+        Ok(self.policy.auto_assign(&input, builtin).await)
+    }
+
+    /// Write the device records and `device.placed` events of a batch of placements.
+    async fn write_placements(&self, placed: LifecycleWrite) -> Result<(), DepServiceError> {
+        if let Some(p) = &self.placement
+            && !placed.is_empty()
+        {
+            let events = p.devices.apply(placed, now()).await?;
+            self.outbox.broadcast(&events);
+        }
+        Ok(())
     }
 
     /// Sync one server now: fetch or sync pages until Apple has no more, committing each page
@@ -282,22 +307,9 @@ impl DepService {
                     SyncPhase::Fetch => "fetched".to_owned(),
                     SyncPhase::Sync => d.op_type.clone().unwrap_or_else(|| "modified".into()),
                 };
-                let before = placed.events.len();
-                let (team, team_profile) = self.place_synced(s, &op, &d, &mut placed).await?;
-                // A known device whose team changed gets the new team's profile, if different.
-                let moved = placed.events.len() > before
-                    && known.as_ref().is_some_and(|k| {
-                        k.present && team_profile.is_some() && k.assigned_profile != team_profile
-                    });
-                let builtin = || match team_profile.or_else(|| s.default_profile.clone()) {
-                    Some(p) if moved || wants_assignment(&op, known.as_ref(), &d) => {
-                        AssignDecision::Assign(p)
-                    }
-                    _ => AssignDecision::Skip,
-                };
-                let mut input = policy_event(&s.name, &op, known.as_ref(), &d);
-                input.team = team;
-                let decided = self.policy.auto_assign(&input, builtin).await;
+                let decided = self
+                    .decide_assignment(s, &op, &d, known.as_ref(), false, &mut placed)
+                    .await?;
                 match decided.decision {
                     AssignDecision::Assign(profile) => {
                         commit.assign.push((d.serial_number.clone(), profile));
@@ -318,14 +330,9 @@ impl DepService {
             report.pages += 1;
             report.devices += commit.devices.len();
             report.queued += commit.assign.len();
-            if let Some(p) = &self.placement
-                && !placed.is_empty()
-            {
-                // Before the page's commit: a crash in between leaves the cursor where it was,
-                // so the same page is fetched and placed again (placement is idempotent).
-                let events = p.devices.apply(placed, now()).await?;
-                self.outbox.broadcast(&events);
-            }
+            // Before the page's commit: a crash in between leaves the cursor where it was, so
+            // the same page is fetched and placed again (placement is idempotent).
+            self.write_placements(placed).await?;
             let events = self.store.commit_dep_page(&s.name, commit, now()).await?;
             self.outbox.broadcast(&events);
             new_chain = false;
@@ -531,27 +538,16 @@ impl DepService {
     pub async fn reask_due(&self, s: &DepServer) -> Result<usize, DepServiceError> {
         let due = self.store.due_reasks(&s.name, now(), 1000).await?;
         let mut assign: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut placed = LifecycleWrite::default();
         for rec in &due {
             let op = rec
                 .history
                 .last()
                 .map_or_else(|| "modified".to_owned(), |h| h.op.clone());
-            let mut placed = LifecycleWrite::default();
-            let (team, team_profile) = self.place_synced(s, &op, &rec.device, &mut placed).await?;
-            if let Some(p) = &self.placement
-                && !placed.is_empty()
-            {
-                let events = p.devices.apply(placed, now()).await?;
-                self.outbox.broadcast(&events);
-            }
             // The device never got an answer, so the built-in rule treats it as new.
-            let builtin = || match team_profile.or_else(|| s.default_profile.clone()) {
-                Some(p) if wants_assignment(&op, None, &rec.device) => AssignDecision::Assign(p),
-                _ => AssignDecision::Skip,
-            };
-            let mut input = policy_event(&s.name, &op, Some(rec), &rec.device);
-            input.team = team;
-            let decided = self.policy.auto_assign(&input, builtin).await;
+            let decided = self
+                .decide_assignment(s, &op, &rec.device, Some(rec), true, &mut placed)
+                .await?;
             let serial = &rec.serial_number;
             match decided.decision {
                 AssignDecision::Assign(profile) => {
@@ -565,6 +561,7 @@ impl DepService {
                 }
             }
         }
+        self.write_placements(placed).await?;
         for (profile, serials) in &assign {
             // Recording the assignment clears the re-ask.
             self.store

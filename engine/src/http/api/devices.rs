@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, ApiResult};
 use crate::engine::EngineInner;
 use crate::setup::SetupError;
-use crate::store::{DeviceQuery, DeviceStage};
+use crate::store::{DeviceQuery, DeviceRecord, DeviceStage};
 use crate::teams::platform_of;
 use crate::wire::enrollment_id::EnrollmentId;
 
@@ -59,15 +59,21 @@ pub async fn list(
     Ok(Json(json!({ "devices": devices, "next_after": next })).into_response())
 }
 
+/// The device with this serial number, or a 404.
+async fn find(inner: &EngineInner, serial: &str) -> ApiResult<DeviceRecord> {
+    inner
+        .store
+        .device(serial)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no device with serial number {serial:?}")))
+}
+
 /// `GET /v1/devices/{serial}`: the device joined with its DEP record, enrollment and setup.
 pub async fn get(
     State(inner): State<Arc<EngineInner>>,
     Path(serial): Path<String>,
 ) -> ApiResult<Response> {
-    let device =
-        inner.store.device(&serial).await?.ok_or_else(|| {
-            ApiError::NotFound(format!("no device with serial number {serial:?}"))
-        })?;
+    let device = find(&inner, &serial).await?;
     let dep = match &device.dep_server {
         Some(s) => inner.store.dep_device(s, &serial).await?,
         None => None,
@@ -108,10 +114,7 @@ pub async fn setup(
     State(inner): State<Arc<EngineInner>>,
     Path(serial): Path<String>,
 ) -> ApiResult<Response> {
-    let device =
-        inner.store.device(&serial).await?.ok_or_else(|| {
-            ApiError::NotFound(format!("no device with serial number {serial:?}"))
-        })?;
+    let device = find(&inner, &serial).await?;
     let setup = match &device.enrollment_id {
         Some(id) => inner.store.setup(id).await?,
         None => None,
@@ -139,36 +142,13 @@ pub async fn put_team(
             ));
         }
     };
-    let device = inner.setup.set_team(&serial, team.clone()).await?;
+    let device = inner.setup.set_team(&serial, team).await?;
     // A DEP device that has not enrolled yet gets the new team's enrollment profile.
-    let mut reassigned = None;
-    if let (Some(server), Some(team), DeviceStage::Synced) =
-        (&device.dep_server, &team, device.stage)
-    {
-        let profile = match platform_of(&device.device_family) {
-            Some(p) => inner
-                .teams
-                .get(team)
-                .await
-                .ok()
-                .and_then(|t| t.enrollment_profiles.get(p).cloned()),
-            None => None,
-        };
-        if let Some(profile) = profile {
-            inner
-                .dep
-                .assign(
-                    server,
-                    &profile,
-                    std::slice::from_ref(&device.serial_number),
-                )
-                .await
-                .map_err(|e| {
-                    ApiError::Upstream(format!("re-assigning the enrollment profile: {e}"))
-                })?;
-            reassigned = Some(profile);
-        }
-    }
+    let reassigned = inner
+        .dep
+        .assign_team_profile(&device)
+        .await
+        .map_err(|e| ApiError::Upstream(format!("re-assigning the enrollment profile: {e}")))?;
     Ok(Json(json!({ "device": device, "reassigned_profile": reassigned })).into_response())
 }
 

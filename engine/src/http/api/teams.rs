@@ -8,12 +8,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use std::collections::BTreeMap;
-
 use super::error::{ApiError, ApiResult};
 use crate::engine::EngineInner;
-use crate::store::{DeviceQuery, DeviceStage};
-use crate::teams::platform_of;
 use crate::teams::{TeamError, TeamSpec};
 
 impl From<TeamError> for ApiError {
@@ -52,68 +48,11 @@ pub async fn put(
         .map_err(|e| ApiError::BadRequest(format!("team settings: {e}")))?;
     let before = inner.store.team(&name).await?;
     let team = inner.teams.put(&name, spec).await?;
-    let changed: BTreeMap<&str, &str> = team
-        .enrollment_profiles
-        .iter()
-        .filter(|(platform, profile)| {
-            before
-                .as_ref()
-                .and_then(|b| b.enrollment_profiles.get(*platform))
-                != Some(*profile)
-        })
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let reassigned = if changed.is_empty() || before.is_none() {
-        0
-    } else {
-        reassign(&inner, &name, &changed).await?
-    };
+    // The team is saved; a profile Pomona does not know is the admin's to fix (404).
+    let reassigned = inner.dep.reassign_team(before.as_ref(), &team).await?;
     let mut out = serde_json::to_value(&team).map_err(|e| ApiError::Internal(e.to_string()))?;
     out["reassigned"] = json!(reassigned);
     Ok(Json(out).into_response())
-}
-
-/// Re-assign the team's synced DEP devices whose platform's profile changed. Returns how many.
-async fn reassign(
-    inner: &EngineInner,
-    team: &str,
-    changed: &BTreeMap<&str, &str>,
-) -> ApiResult<usize> {
-    // (server, profile) → serials
-    let mut work: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    let mut after = None;
-    loop {
-        let page = inner
-            .store
-            .list_devices(&DeviceQuery {
-                team: Some(team.to_owned()),
-                stage: Some(DeviceStage::Synced),
-                after: after.clone(),
-                limit: Some(1000),
-                ..Default::default()
-            })
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.serial_number.clone());
-        for d in &page {
-            let profile = platform_of(&d.device_family).and_then(|p| changed.get(p));
-            if let (Some(server), Some(profile)) = (&d.dep_server, profile) {
-                work.entry((server.clone(), (*profile).to_owned()))
-                    .or_default()
-                    .push(d.serial_number.clone());
-            }
-        }
-        if page.len() < 1000 {
-            break;
-        }
-    }
-    let mut n = 0;
-    for ((server, profile), serials) in work {
-        // The team is saved; a profile Pomona does not know is the admin's to fix (404).
-        inner.dep.assign(&server, &profile, &serials).await?;
-        n += serials.len();
-    }
-    Ok(n)
 }
 
 /// `DELETE /v1/teams/{name}`.
