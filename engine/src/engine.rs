@@ -90,14 +90,14 @@ pub(crate) struct EngineInner {
     pub ca: Arc<CertificateAuthority>,
     pub outbox: Outbox,
     pub mdm: Arc<dyn MdmService>,
-    pub commander: Commander,
+    pub commander: Arc<Commander>,
     pub scep: Arc<ScepService>,
     pub enroll: EnrollService,
     pub dep: DepService,
     pub teams: TeamService,
     pub setup: Arc<SetupService>,
     pub plugins: PluginRegistry,
-    pub profiles: ProfileLibrary,
+    pub profiles: Arc<ProfileLibrary>,
     pub webhooks: WebhookService,
     pub pusher: Arc<dyn Pusher>,
     pub apns: Arc<ApnsPusher>,
@@ -490,14 +490,14 @@ impl EngineBuilder {
             PinIdentity::new(service, store.clone(), self.renewal, Some(outbox.clone())),
             verifier,
         ));
-        let commander = Commander::new(
+        let commander = Arc::new(Commander::new(
             store.clone(),
             store.clone(),
             pusher.clone(),
             outbox.clone(),
             metrics.clone(),
             self.max_queue_len,
-        );
+        ));
         let scep = Arc::new(ScepService::new(
             ca.clone(),
             store.clone(),
@@ -541,31 +541,23 @@ impl EngineBuilder {
             .with_policy(chain.clone())
             .with_teams(store.clone(), store.clone());
         let teams = TeamService::new(store.clone(), outbox.clone());
-        let setup_commander = Arc::new(Commander::new(
-            store.clone(),
-            store.clone(),
-            pusher.clone(),
-            outbox.clone(),
-            metrics.clone(),
-            self.max_queue_len,
-        ));
+        let profiles = Arc::new(ProfileLibrary::new(store.clone(), outbox.clone()));
         let setup = Arc::new(
             SetupService::new(
                 store.clone(),
                 store.clone(),
                 store.clone(),
                 store.clone(),
-                setup_commander,
+                commander.clone(),
                 chain.clone(),
                 outbox.clone(),
                 self.setup,
             )
-            .with_profiles(Arc::new(ProfileLibrary::new(store.clone(), outbox.clone()))),
+            .with_profiles(profiles.clone()),
         );
         let webhooks =
             WebhookService::new(store.clone(), outbox.clone(), seal.clone(), self.webhooks)
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let profiles = ProfileLibrary::new(store.clone(), outbox.clone());
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(EngineInner {
             store,

@@ -111,9 +111,6 @@ pub struct SetupService {
     options: SetupOptions,
     /// One event or timer pass at a time, so two passes never race on one record.
     running: tokio::sync::Mutex<()>,
-    /// The cursor past events that changed nothing, written once per pass rather than once per
-    /// event (re-reading them after a crash changes nothing either).
-    pending_cursor: std::sync::Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for SetupService {
@@ -150,7 +147,6 @@ impl SetupService {
             outbox,
             options,
             running: tokio::sync::Mutex::new(()),
-            pending_cursor: std::sync::Mutex::new(None),
         }
     }
 
@@ -199,12 +195,14 @@ impl SetupService {
                 handled += 1;
             }
         }
-        let pending = self.pending_cursor.lock().expect("cursor lock").take();
-        if let Some(seq) = pending {
+        // Events that changed nothing move the cursor here, once per pass rather than once per
+        // event (most of the outbox is command traffic; re-reading them after a crash changes
+        // nothing either). Events that changed something moved it with their change.
+        if self.devices.cursor(CURSOR).await? < after {
             self.devices
                 .apply(
                     LifecycleWrite {
-                        cursor: Some((CURSOR.to_owned(), seq)),
+                        cursor: Some((CURSOR.to_owned(), after)),
                         ..Default::default()
                     },
                     now(),
@@ -304,16 +302,9 @@ impl SetupService {
         if write.is_empty() {
             return Ok(());
         }
-        let only_cursor =
-            write.devices.is_empty() && write.setups.is_empty() && write.events.is_empty();
-        if only_cursor {
-            // Nothing changed: move the cursor at the end of the pass, in one write.
-            *self.pending_cursor.lock().expect("cursor lock") = write.cursor.map(|(_, seq)| seq);
+        if write.devices.is_empty() && write.setups.is_empty() && write.events.is_empty() {
+            // Nothing changed: `pass` moves the cursor past such events at its end.
             return Ok(());
-        }
-        if write.cursor.is_some() {
-            // This write moves the cursor past any pending one.
-            *self.pending_cursor.lock().expect("cursor lock") = None;
         }
         let events = self.devices.apply(write, now()).await?;
         self.outbox.broadcast(&events);
@@ -323,25 +314,7 @@ impl SetupService {
     async fn device_or_new(&self, serial: &str) -> Result<DeviceRecord, StoreError> {
         Ok(match self.devices.device(serial).await? {
             Some(d) => d,
-            None => {
-                let t = now();
-                DeviceRecord {
-                    serial_number: serial.to_owned(),
-                    udid: None,
-                    enrollment_id: None,
-                    model: String::new(),
-                    device_family: String::new(),
-                    os: String::new(),
-                    os_version: None,
-                    dep_server: None,
-                    stage: DeviceStage::Enrolling,
-                    team: None,
-                    placed_by: None,
-                    user: None,
-                    created_at: t,
-                    updated_at: t,
-                }
-            }
+            None => DeviceRecord::new(serial, DeviceStage::Enrolling, now()),
         })
     }
 
@@ -379,12 +352,7 @@ impl SetupService {
             None => {
                 // Enrolled without an Authenticate event we saw (an embedder's own flow).
                 let Some(enr) = self.enrollments.enrollment(id).await? else {
-                    return self
-                        .commit(LifecycleWrite {
-                            cursor,
-                            ..Default::default()
-                        })
-                        .await;
+                    return Ok(());
                 };
                 let serial = enr
                     .device
@@ -410,12 +378,7 @@ impl SetupService {
         if let Some(existing) = self.devices.setup(id.as_str()).await?
             && existing.started_by >= e.seq
         {
-            // Already started by this very event: only the cursor moved on without it.
-            self.commit(LifecycleWrite {
-                cursor,
-                ..Default::default()
-            })
-            .await?;
+            // Already started by this very event (the cursor had not moved past it).
             return self.drive(existing).await;
         }
         let team = match &device.team {
@@ -448,19 +411,10 @@ impl SetupService {
             .and_then(|t| t.release_timeout_secs)
             .unwrap_or(self.options.release_timeout.as_secs());
         let setup = SetupRecord {
-            enrollment_id: id.to_string(),
-            serial_number: device.serial_number.clone(),
-            started_by: e.seq,
-            started_at: e.at,
-            steps_by: decided.by.clone(),
             steps,
             timeout_secs,
-            state: SetupState::Running,
-            release_command: None,
-            release_queued: false,
-            user_channel: false,
-            next_check_at: None,
             updated_at: now(),
+            ..SetupRecord::new(id.as_str(), &device.serial_number, e.seq, e.at, &decided.by)
         };
         let started = event(
             kind::SETUP_STARTED,
@@ -495,11 +449,6 @@ impl SetupService {
         if let Some(existing) = self.devices.setup(id.as_str()).await?
             && existing.started_by >= e.seq
         {
-            self.commit(LifecycleWrite {
-                cursor,
-                ..Default::default()
-            })
-            .await?;
             return self.queue_release(existing).await;
         }
         let serial = match &parent {
@@ -512,19 +461,9 @@ impl SetupService {
         }
         .unwrap_or_else(|| id.to_string());
         let mut setup = SetupRecord {
-            enrollment_id: id.to_string(),
-            serial_number: serial,
-            started_by: e.seq,
-            started_at: e.at,
-            steps_by: "default".into(),
-            steps: Vec::new(),
-            timeout_secs: 0,
-            state: SetupState::Running,
-            release_command: None,
-            release_queued: false,
             user_channel: true,
-            next_check_at: None,
             updated_at: now(),
+            ..SetupRecord::new(id.as_str(), &serial, e.seq, e.at, "default")
         };
         let released = self.mark_released(
             &mut setup,
@@ -546,12 +485,7 @@ impl SetupService {
     async fn command_answered(&self, uuid: &str, e: &Event) -> Result<(), StoreError> {
         let cursor = Some((CURSOR.to_owned(), e.seq));
         let Some(mut setup) = self.devices.setup_by_command(uuid).await? else {
-            return self
-                .commit(LifecycleWrite {
-                    cursor,
-                    ..Default::default()
-                })
-                .await;
+            return Ok(());
         };
         let status = e.data["status"].as_str().unwrap_or_default().to_owned();
         let not_now = e.kind == kind::COMMAND_NOT_NOW;
@@ -917,19 +851,8 @@ impl SetupService {
         let mut setup = match self.devices.setup(&id).await? {
             Some(s) => s,
             None => SetupRecord {
-                enrollment_id: id.clone(),
-                serial_number: serial.to_owned(),
-                started_by: 0,
-                started_at: device.updated_at,
-                steps_by: BY_ADMIN.to_owned(),
-                steps: Vec::new(),
-                timeout_secs: 0,
-                state: SetupState::Running,
-                release_command: None,
-                release_queued: false,
-                user_channel: false,
-                next_check_at: None,
                 updated_at: now(),
+                ..SetupRecord::new(&id, serial, 0, device.updated_at, BY_ADMIN)
             },
         };
         if !matches!(setup.state, SetupState::Released { .. }) || setup.release_queued {

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 
 use crate::policy::{Step, StepAction};
 use crate::wire::command::Command;
+use crate::wire::config_profile::install_profile_command;
 use crate::wire::setup as cmd;
 
 /// A profile as a setup step needs it.
@@ -76,7 +77,7 @@ pub async fn command_for(
                         "profile {name:?} is user-scoped (PayloadScope User): it installs after setup, not during it"
                     )));
                 }
-                Ok(Some(p)) => cmd::install_profile(uuid, &p.bytes),
+                Ok(Some(p)) => install_profile_command(uuid, &p.bytes),
                 Ok(None) => {
                     return Err(StepProblem::Skip(format!(
                         "no profile named {name:?} in the library"

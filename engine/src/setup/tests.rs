@@ -7,22 +7,17 @@ use crate::policy::loader;
 use crate::policy::{Limits, LoadedPlugin, PluginConfig};
 
 fn record(family: &str, team: Option<&str>, placed_by: Option<&str>) -> DeviceRecord {
-    let t = time::OffsetDateTime::now_utc();
     DeviceRecord {
-        serial_number: "C02TEST".into(),
-        udid: None,
-        enrollment_id: None,
         model: "MacBook Air".into(),
         device_family: family.into(),
-        os: String::new(),
-        os_version: None,
         dep_server: Some("hq".into()),
-        stage: DeviceStage::Synced,
         team: team.map(str::to_owned),
         placed_by: placed_by.map(str::to_owned),
-        user: None,
-        created_at: t,
-        updated_at: t,
+        ..DeviceRecord::new(
+            "C02TEST",
+            DeviceStage::Synced,
+            time::OffsetDateTime::now_utc(),
+        )
     }
 }
 
@@ -85,22 +80,7 @@ async fn a_plugin_moves_a_device_but_never_an_admins() {
 
 #[test]
 fn release_command_depends_on_the_channel() {
-    let t = time::OffsetDateTime::now_utc();
-    let mut s = SetupRecord {
-        enrollment_id: "E".into(),
-        serial_number: "S".into(),
-        started_by: 1,
-        started_at: t,
-        steps_by: "default".into(),
-        steps: vec![],
-        timeout_secs: 0,
-        state: SetupState::Running,
-        release_command: None,
-        release_queued: false,
-        user_channel: false,
-        next_check_at: None,
-        updated_at: t,
-    };
+    let mut s = SetupRecord::new("E", "S", 1, time::OffsetDateTime::now_utc(), "default");
     assert_eq!(release_command(&s, "u").request_type, "DeviceConfigured");
     s.user_channel = true;
     assert_eq!(release_command(&s, "u").request_type, "UserConfigured");

@@ -108,6 +108,28 @@ pub struct DeviceRecord {
     pub updated_at: Timestamp,
 }
 
+impl DeviceRecord {
+    /// A device seen for the first time, at `stage`, knowing only its serial number.
+    pub fn new(serial_number: &str, stage: DeviceStage, now: Timestamp) -> Self {
+        Self {
+            serial_number: serial_number.to_owned(),
+            udid: None,
+            enrollment_id: None,
+            model: String::new(),
+            device_family: String::new(),
+            os: String::new(),
+            os_version: None,
+            dep_server: None,
+            stage,
+            team: None,
+            placed_by: None,
+            user: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// How a setup step is going (the `release` hook's `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -220,6 +242,31 @@ pub struct SetupRecord {
 }
 
 impl SetupRecord {
+    /// A running setup with no steps yet, started by outbox event `started_by` at `started_at`.
+    pub fn new(
+        enrollment_id: &str,
+        serial_number: &str,
+        started_by: u64,
+        started_at: Timestamp,
+        steps_by: &str,
+    ) -> Self {
+        Self {
+            enrollment_id: enrollment_id.to_owned(),
+            serial_number: serial_number.to_owned(),
+            started_by,
+            started_at,
+            steps_by: steps_by.to_owned(),
+            steps: Vec::new(),
+            timeout_secs: 0,
+            state: SetupState::Running,
+            release_command: None,
+            release_queued: false,
+            user_channel: false,
+            next_check_at: None,
+            updated_at: started_at,
+        }
+    }
+
     /// The step carried by `command_uuid`.
     pub fn step_mut(&mut self, command_uuid: &str) -> Option<&mut SetupStep> {
         self.steps

@@ -34,13 +34,6 @@ pub fn account_configuration(
     Command::build(uuid, "AccountConfiguration", p)
 }
 
-/// `InstallProfile` with the profile's exact bytes as `Payload`.
-pub fn install_profile(uuid: &str, profile: &[u8]) -> Command {
-    let mut p = Dictionary::new();
-    p.insert("Payload".into(), Value::Data(profile.to_vec()));
-    Command::build(uuid, "InstallProfile", p)
-}
-
 /// `InstallEnterpriseApplication`: a signed distribution package, by its manifest URL, or by a
 /// manifest the engine writes around the package URL.
 pub fn install_enterprise_application(
@@ -75,8 +68,8 @@ pub fn raw_command(
 ) -> Result<Command, PlistJsonError> {
     let p = match json_to_plist(parameters)? {
         Value::Dictionary(d) => d,
-        // An empty Lua table arrives as an empty JSON array: no parameters.
-        Value::Array(a) if a.is_empty() => Dictionary::new(),
+        // Only an empty Lua table (an empty JSON array) gets here otherwise:
+        // `Decision::from_json` refuses other parameters. No parameters.
         _ => Dictionary::new(),
     };
     Ok(Command::build(uuid, request_type, p))
@@ -161,7 +154,5 @@ mod tests {
         assert!(raw_command("u", "X", &serde_json::json!({"a": null})).is_err());
         assert_eq!(device_configured("r").request_type, "DeviceConfigured");
         assert_eq!(user_configured("r").request_type, "UserConfigured");
-        let p = command_dict(&install_profile("p", b"<plist/>"));
-        assert_eq!(p["Payload"].as_data(), Some(&b"<plist/>"[..]));
     }
 }
