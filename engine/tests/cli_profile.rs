@@ -1,5 +1,7 @@
 //! `pomona profile put|list|show|delete` against an engine serving on loopback.
 
+mod common;
+
 use std::process::Output;
 
 const KEY: &str = "pomona-cli-profile-test-key-0123";
@@ -21,22 +23,8 @@ fn text(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_subcommands_round_trip_through_the_api() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let engine = pomona::Engine::builder()
-        .api_key(KEY)
-        .public_url(&url)
-        .build()
-        .await
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = engine.router();
-    let server = tokio::spawn(async move {
-        let _ = pomona::http::server::serve(listener, router, None, async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
+    let served = common::Served::start(KEY).await;
+    let url = served.url.clone();
 
     let wifi = format!("{FIXTURES}/wifi.mobileconfig");
     let out = pomona(&url, &["profile", "put", "office-wifi", &wifi]).await;
@@ -94,7 +82,5 @@ async fn profile_subcommands_round_trip_through_the_api() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
 
-    let _ = stop.send(());
-    let _ = server.await;
-    engine.shutdown().await;
+    served.stop().await;
 }

@@ -1,6 +1,8 @@
 //! `pomona team …` and `pomona device …` against an engine serving on loopback, with simulated
 //! devices that authenticate (and one that enrolls waiting in Setup Assistant).
 
+mod common;
+
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -84,22 +86,8 @@ fn serials(list: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn team_and_device_subcommands_work_through_the_api() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let engine = pomona::Engine::builder()
-        .api_key(KEY)
-        .public_url(&url)
-        .build()
-        .await
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = engine.router();
-    let server = tokio::spawn(async move {
-        let _ = pomona::http::server::serve(listener, router, None, async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
+    let served = common::Served::start(KEY).await;
+    let url = served.url.clone();
     let url = url.as_str();
     let dir = tempfile::tempdir().unwrap();
 
@@ -240,12 +228,12 @@ async fn team_and_device_subcommands_work_through_the_api() {
     // authenticates.
     let http = reqwest::Client::new();
     let mac = Device::new(
-        DeviceIdentity::issue(engine.ca(), "cli-test-mac").unwrap(),
+        DeviceIdentity::issue(served.engine.ca(), "cli-test-mac").unwrap(),
         url,
         http.clone(),
     );
     let other = Device::new(
-        DeviceIdentity::issue(engine.ca(), "cli-test-other").unwrap(),
+        DeviceIdentity::issue(served.engine.ca(), "cli-test-other").unwrap(),
         url,
         http.clone(),
     );
@@ -440,7 +428,5 @@ async fn team_and_device_subcommands_work_through_the_api() {
         text(&out.stderr)
     );
 
-    let _ = stop.send(());
-    let _ = server.await;
-    engine.shutdown().await;
+    served.stop().await;
 }

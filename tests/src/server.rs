@@ -102,6 +102,40 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A CA for a `pomona serve` child process, written as PEM files, so a test can issue device
+/// identities the process trusts.
+pub struct ServeCa {
+    /// The CA (issue device identities with it).
+    pub ca: pomona::ca::CertificateAuthority,
+    cert: String,
+    key: String,
+}
+
+impl ServeCa {
+    /// Generate a CA and write its certificate and key into `dir`.
+    pub fn write(dir: &Path) -> anyhow::Result<Self> {
+        let ca = pomona::ca::CertificateAuthority::generate(&Default::default())?;
+        let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        std::fs::write(&cert, ca.certificate().to_pem()?)?;
+        std::fs::write(&key, ca.private_key().private_key_to_pem_pkcs8()?)?;
+        let text = |p: PathBuf| p.to_str().map(str::to_owned).context("non-UTF-8 temp path");
+        Ok(Self {
+            ca,
+            cert: text(cert)?,
+            key: text(key)?,
+        })
+    }
+
+    /// The environment for [`ServeProcess::start`]: this CA and the admin `api_key`.
+    pub fn env<'a>(&'a self, api_key: &'a str) -> [(&'a str, &'a str); 3] {
+        [
+            ("POMONA_API_KEY", api_key),
+            ("POMONA_CA_CERT_FILE", &self.cert),
+            ("POMONA_CA_KEY_FILE", &self.key),
+        ]
+    }
+}
+
 /// The real `pomona serve` binary running as a child process.
 pub struct ServeProcess {
     /// The child.

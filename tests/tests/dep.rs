@@ -681,16 +681,13 @@ async fn put_plugin(r: &Rig, name: &str, query: &str, source: impl AsRef<[u8]>) 
 #[tokio::test]
 async fn uploaded_plugins_change_auto_assignment() {
     let r = rig(10).await;
-    let r2 = r
+    let res = r
         .server
-        .client
-        .put(format!("{}/v1/dep/profiles/ipads", r.server.url))
-        .bearer_auth(TEST_API_KEY)
-        .json(&json!({"profile_name": "iPads"}))
-        .send()
+        .api()
+        .put_json("/v1/dep/profiles/ipads", &json!({"profile_name": "iPads"}))
         .await
         .unwrap();
-    assert_eq!(r2.status(), 200);
+    assert_eq!(res.status, 200, "{}", res.json);
     let (status, j) = put_plugin(
         &r,
         "looper",
@@ -786,14 +783,11 @@ async fn an_uploaded_wasm_plugin_assigns_by_rules() {
     let r = rig(10).await;
     let res = r
         .server
-        .client
-        .put(format!("{}/v1/dep/profiles/ipads", r.server.url))
-        .bearer_auth(TEST_API_KEY)
-        .json(&json!({"profile_name": "iPads"}))
-        .send()
+        .api()
+        .put_json("/v1/dep/profiles/ipads", &json!({"profile_name": "iPads"}))
         .await
         .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(res.status, 200, "{}", res.json);
     let rules = include_bytes!("../../plugins/dist/auto-assign-rules.wasm");
     let (status, j) = put_plugin(
         &r,

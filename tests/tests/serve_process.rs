@@ -5,10 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pomona::ca::CertificateAuthority;
 use pomona_testkit::api::ApiClient;
 use pomona_testkit::device::{Device, DeviceIdentity};
-use pomona_testkit::server::ServeProcess;
+use pomona_testkit::server::{ServeCa, ServeProcess};
 
 #[tokio::test]
 async fn first_start_creates_state_and_restarts_keep_it() {
@@ -91,20 +90,10 @@ async fn sigkill_during_acknowledgements_loses_nothing() {
     const COMMANDS: usize = 30;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let ca = CertificateAuthority::generate(&Default::default()).unwrap();
-    let (ca_cert, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
-    std::fs::write(&ca_cert, ca.certificate().to_pem().unwrap()).unwrap();
-    std::fs::write(
-        &ca_key,
-        ca.private_key().private_key_to_pem_pkcs8().unwrap(),
-    )
-    .unwrap();
+    let serve_ca = ServeCa::write(dir.path()).unwrap();
+    let ca = &serve_ca.ca;
     let key = "crash-test-api-key-0123456789";
-    let env = [
-        ("POMONA_API_KEY", key),
-        ("POMONA_CA_CERT_FILE", ca_cert.to_str().unwrap()),
-        ("POMONA_CA_KEY_FILE", ca_key.to_str().unwrap()),
-    ];
+    let env = serve_ca.env(key);
     let mut p = ServeProcess::start(&data, &env, &[]).await.unwrap();
     let client = reqwest::Client::new();
     let api = ApiClient::new(&p.url, key, client.clone());
@@ -113,7 +102,7 @@ async fn sigkill_during_acknowledgements_loses_nothing() {
     let mut all = BTreeSet::new();
     for i in 0..DEVICES {
         let d = Device::new(
-            DeviceIdentity::issue(&ca, &format!("crash-{i}")).unwrap(),
+            DeviceIdentity::issue(ca, &format!("crash-{i}")).unwrap(),
             &p.url,
             client.clone(),
         );

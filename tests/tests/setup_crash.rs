@@ -6,10 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use pomona::ca::CertificateAuthority;
 use pomona_testkit::api::ApiClient;
 use pomona_testkit::device::{Device, DeviceIdentity};
-use pomona_testkit::server::ServeProcess;
+use pomona_testkit::server::{ServeCa, ServeProcess};
 use serde_json::json;
 
 const DEVICES: usize = 5;
@@ -19,20 +18,10 @@ const STEPS: usize = 4;
 async fn sigkill_during_setup_neither_loses_nor_repeats_a_step() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let ca = CertificateAuthority::generate(&Default::default()).unwrap();
-    let (ca_cert, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
-    std::fs::write(&ca_cert, ca.certificate().to_pem().unwrap()).unwrap();
-    std::fs::write(
-        &ca_key,
-        ca.private_key().private_key_to_pem_pkcs8().unwrap(),
-    )
-    .unwrap();
+    let serve_ca = ServeCa::write(dir.path()).unwrap();
+    let ca = &serve_ca.ca;
     let key = "setup-crash-api-key-0123456789";
-    let env = [
-        ("POMONA_API_KEY", key),
-        ("POMONA_CA_CERT_FILE", ca_cert.to_str().unwrap()),
-        ("POMONA_CA_KEY_FILE", ca_key.to_str().unwrap()),
-    ];
+    let env = serve_ca.env(key);
     let client = reqwest::Client::new();
     let mut p = ServeProcess::start(&data, &env, &[]).await.unwrap();
     let api = ApiClient::new(&p.url, key, client.clone());
@@ -59,7 +48,7 @@ async fn sigkill_during_setup_neither_loses_nor_repeats_a_step() {
     let mut devices: Vec<Device> = (0..DEVICES)
         .map(|i| {
             Device::new(
-                DeviceIdentity::issue(&ca, &format!("setup-crash-{i}")).unwrap(),
+                DeviceIdentity::issue(ca, &format!("setup-crash-{i}")).unwrap(),
                 &p.url,
                 client.clone(),
             )
