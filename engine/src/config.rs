@@ -75,6 +75,10 @@ pub struct Config {
     pub plugins: Vec<crate::policy::registry::DeclaredPlugin>,
     /// The setup flow (`[setup]`).
     pub setup: SetupConfig,
+    /// Listener limits and timeouts (`[listener]`).
+    pub listener: ListenerConfig,
+    /// Per-client rate limits on anonymous endpoints (`[rate_limit]`).
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Default for Config {
@@ -96,6 +100,101 @@ impl Default for Config {
             plugin_limits: crate::policy::Limits::default(),
             plugins: Vec::new(),
             setup: SetupConfig::default(),
+            listener: ListenerConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// `[listener]`: limits and timeouts of `pomona serve`'s listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Most connections served at once; when reached, new connections wait to be accepted.
+    pub max_connections: usize,
+    /// Longest TLS handshake, in seconds.
+    pub tls_handshake_timeout_secs: u64,
+    /// Longest time for a request head to arrive (from its first byte, or from the
+    /// connection's start), in seconds.
+    pub header_read_timeout_secs: u64,
+    /// Longest time from a request head to the end of its body, in seconds.
+    pub body_read_timeout_secs: u64,
+    /// Idle connections (no request in flight, nothing arriving) are closed after this many
+    /// seconds.
+    pub keep_alive_timeout_secs: u64,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        let o = crate::http::server::ListenerOptions::default();
+        let secs = |d: std::time::Duration| d.as_secs();
+        Self {
+            max_connections: o.max_connections,
+            tls_handshake_timeout_secs: secs(o.tls_handshake_timeout),
+            header_read_timeout_secs: secs(o.header_read_timeout),
+            body_read_timeout_secs: secs(o.body_read_timeout),
+            keep_alive_timeout_secs: secs(o.keep_alive_timeout),
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// The listener options these settings describe.
+    pub fn options(&self) -> crate::http::server::ListenerOptions {
+        use std::time::Duration;
+        crate::http::server::ListenerOptions {
+            max_connections: self.max_connections,
+            tls_handshake_timeout: Duration::from_secs(self.tls_handshake_timeout_secs),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            body_read_timeout: Duration::from_secs(self.body_read_timeout_secs),
+            keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout_secs),
+        }
+    }
+}
+
+/// `[rate_limit]`: per-client token buckets on `/mdm/enroll` and `/scep`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// `GET`/`POST /mdm/enroll` requests per minute per client; 0 turns the limit off.
+    pub enroll_per_minute: u32,
+    /// `/mdm/enroll` requests a client may make at once.
+    pub enroll_burst: u32,
+    /// `/scep` requests per minute per client; 0 turns the limit off.
+    pub scep_per_minute: u32,
+    /// `/scep` requests a client may make at once.
+    pub scep_burst: u32,
+    /// Most clients tracked per endpoint group (idle ones are dropped first).
+    pub max_clients: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        let o = crate::http::rate_limit::RateLimitOptions::default();
+        Self {
+            enroll_per_minute: o.enroll.per_minute,
+            enroll_burst: o.enroll.burst,
+            scep_per_minute: o.scep.per_minute,
+            scep_burst: o.scep.burst,
+            max_clients: o.max_clients,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// The rate-limit options these settings describe.
+    pub fn options(&self) -> crate::http::rate_limit::RateLimitOptions {
+        use crate::http::rate_limit::{Rate, RateLimitOptions};
+        RateLimitOptions {
+            enroll: Rate {
+                per_minute: self.enroll_per_minute,
+                burst: self.enroll_burst,
+            },
+            scep: Rate {
+                per_minute: self.scep_per_minute,
+                burst: self.scep_burst,
+            },
+            max_clients: self.max_clients,
         }
     }
 }
@@ -152,6 +251,10 @@ pub struct IdentityConfig {
     /// Header in which a TLS-terminating proxy forwards the client certificate (RFC 9440
     /// `Client-Cert`, or nginx's escaped PEM under any name). Unset: such headers are ignored.
     pub client_cert_header: Option<String>,
+    /// Addresses (CIDRs or single IPs, IPv4 or IPv6) of the proxies allowed to send
+    /// `client_cert_header` and `X-Forwarded-For`. Unset: loopback only (`127.0.0.0/8`, `::1`).
+    /// A request carrying the header from any other address is refused with 400.
+    pub trusted_proxies: Option<Vec<String>>,
     /// What to do when a device presents a new certificate.
     pub renewal: RenewalPolicy,
 }
@@ -244,6 +347,12 @@ pub struct ApnsConfig {
     pub connections: usize,
     /// Push to enrollments silent for longer than this many seconds.
     pub rearm_after_secs: u64,
+    /// Longest TCP connect to APNs (or its proxy), in seconds.
+    pub connect_timeout_secs: u64,
+    /// Longest TLS plus HTTP/2 handshake with APNs, in seconds.
+    pub handshake_timeout_secs: u64,
+    /// Longest wait for APNs to answer one push, in seconds.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for ApnsConfig {
@@ -253,6 +362,9 @@ impl Default for ApnsConfig {
             extra_ca_file: None,
             connections: 2,
             rearm_after_secs: 24 * 3600,
+            connect_timeout_secs: 10,
+            handshake_timeout_secs: 10,
+            request_timeout_secs: 15,
         }
     }
 }
@@ -348,6 +460,16 @@ impl Config {
                 "TLS_CERT_FILE" => self.tls.cert_file = some_path(),
                 "TLS_KEY_FILE" => self.tls.key_file = some_path(),
                 "CLIENT_CERT_HEADER" => self.identity.client_cert_header = Some(value.clone()),
+                "TRUSTED_PROXIES" => {
+                    self.identity.trusted_proxies = Some(
+                        value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                    )
+                }
                 "CA_CERT_FILE" => self.ca.cert_file = some_path(),
                 "CA_KEY_FILE" => self.ca.key_file = some_path(),
                 "SCEP_CHALLENGE" => self.scep.challenge = Some(value.clone()),
@@ -390,6 +512,45 @@ impl Config {
         }
         if self.api.key.as_deref().is_some_and(|k| k.len() < 16) {
             return bad("api.key", "must be at least 16 characters");
+        }
+        if let Some(list) = &self.identity.trusted_proxies {
+            if let Err(e) = crate::http::client_addr::TrustedProxies::parse(list) {
+                return Err(ConfigError::Env {
+                    var: "identity.trusted_proxies",
+                    message: e.to_string(),
+                });
+            }
+            if list.is_empty() && self.identity.client_cert_header.is_some() {
+                return bad(
+                    "identity.trusted_proxies",
+                    "is empty, so no proxy may send identity.client_cert_header: \
+                     list the proxy's address, or unset client_cert_header",
+                );
+            }
+        }
+        let l = &self.listener;
+        if l.max_connections == 0 {
+            return bad("listener.max_connections", "must be at least 1");
+        }
+        if [
+            l.tls_handshake_timeout_secs,
+            l.header_read_timeout_secs,
+            l.body_read_timeout_secs,
+            l.keep_alive_timeout_secs,
+        ]
+        .contains(&0)
+        {
+            return bad("listener", "timeouts must be at least 1 second");
+        }
+        let a = &self.apns;
+        if [
+            a.connect_timeout_secs,
+            a.handshake_timeout_secs,
+            a.request_timeout_secs,
+        ]
+        .contains(&0)
+        {
+            return bad("apns", "timeouts must be at least 1 second");
         }
         Ok(())
     }

@@ -82,6 +82,8 @@ pub(crate) struct HttpSettings {
     pub api_key: Option<String>,
     pub client_cert_header: Option<http::HeaderName>,
     pub max_body_bytes: usize,
+    /// Peers whose client-certificate and `X-Forwarded-For` headers are believed.
+    pub trusted_proxies: crate::http::client_addr::TrustedProxies,
 }
 
 /// Everything the adapters share.
@@ -105,6 +107,7 @@ pub(crate) struct EngineInner {
     pub last_seen: Arc<LastSeen>,
     pub http: HttpSettings,
     pub certs: crate::http::CertCache,
+    pub rate_limits: crate::http::RateLimits,
     pub public_url: String,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -135,6 +138,8 @@ pub struct EngineBuilder {
     api_key: Option<String>,
     public_url: String,
     client_cert_header: Option<String>,
+    trusted_proxies: crate::http::client_addr::TrustedProxies,
+    rate_limits: crate::http::rate_limit::RateLimitOptions,
     renewal: RenewalPolicy,
     core: CoreOptions,
     max_body_bytes: usize,
@@ -163,6 +168,8 @@ impl Default for EngineBuilder {
             api_key: None,
             public_url: defaults.public_url,
             client_cert_header: None,
+            trusted_proxies: Default::default(),
+            rate_limits: crate::http::rate_limit::RateLimitOptions::off(),
             renewal: RenewalPolicy::default(),
             core: CoreOptions::default(),
             max_body_bytes: defaults.mdm.max_body_bytes,
@@ -278,6 +285,11 @@ impl EngineBuilder {
         if let Some(h) = &config.identity.client_cert_header {
             b = b.client_cert_header(h);
         }
+        if let Some(list) = &config.identity.trusted_proxies {
+            b.trusted_proxies = crate::http::client_addr::TrustedProxies::parse(list)
+                .map_err(|e| EngineError::Invalid(format!("identity.trusted_proxies: {e}")))?;
+        }
+        b.rate_limits = config.rate_limit.options();
         if let (Some(cert), Some(key)) = (&config.ca.cert_file, &config.ca.key_file) {
             b = b.ca(CertificateAuthority::from_pem(&read(cert)?, &read(key)?)?);
         }
@@ -285,6 +297,9 @@ impl EngineBuilder {
         let mut apns = ApnsOptions::default();
         apns.endpoint.base_url = config.apns.base_url.clone();
         apns.endpoint.connections = config.apns.connections;
+        apns.endpoint.connect_timeout = Duration::from_secs(config.apns.connect_timeout_secs);
+        apns.endpoint.handshake_timeout = Duration::from_secs(config.apns.handshake_timeout_secs);
+        apns.endpoint.timeout = Duration::from_secs(config.apns.request_timeout_secs);
         apns.rearm_after = Duration::from_secs(config.apns.rearm_after_secs);
         if let Some(f) = &config.apns.extra_ca_file {
             apns.endpoint.extra_ca = Some(
@@ -333,6 +348,20 @@ impl EngineBuilder {
     /// Accept client certificates forwarded by a TLS-terminating proxy in this header.
     pub fn client_cert_header(mut self, name: impl Into<String>) -> Self {
         self.client_cert_header = Some(name.into());
+        self
+    }
+
+    /// Believe the client-certificate header (and `X-Forwarded-For`) only from these peers
+    /// (default: loopback only).
+    pub fn trusted_proxies(mut self, proxies: crate::http::client_addr::TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
+        self
+    }
+
+    /// Per-client rate limits on `/mdm/enroll` and `/scep` (default: off here;
+    /// [`EngineBuilder::from_config`] applies `[rate_limit]`, which is on by default).
+    pub fn rate_limits(mut self, limits: crate::http::rate_limit::RateLimitOptions) -> Self {
+        self.rate_limits = limits;
         self
     }
 
@@ -581,8 +610,10 @@ impl EngineBuilder {
                 api_key: self.api_key,
                 client_cert_header: header,
                 max_body_bytes: self.max_body_bytes,
+                trusted_proxies: self.trusted_proxies,
             },
             certs: Default::default(),
+            rate_limits: crate::http::RateLimits::new(&self.rate_limits),
             public_url: self.public_url,
             shutdown,
             tasks: Mutex::new(Vec::new()),

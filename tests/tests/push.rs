@@ -31,6 +31,7 @@ async fn rig(tune: impl FnOnce(&mut ApnsOptions)) -> Rig {
             extra_ca: Some(X509::from_pem(&pki.ca_pem()).unwrap()),
             connections: 2,
             timeout: Duration::from_secs(5),
+            ..Default::default()
         },
         retry_delays: vec![Duration::from_millis(150), Duration::from_millis(300)],
         breaker_threshold: 3,
@@ -477,4 +478,48 @@ async fn pomona_serve_with_cli_uploaded_certificate_pushes() {
     assert_eq!(pushes.len(), 1);
     assert_eq!(pushes[0].token, hex::encode(&d.push_token));
     assert_eq!(d.idle().await.unwrap().unwrap().uuid, uuid);
+}
+
+/// Item 6 of issue 11: an APNs (or proxy) that accepts the TCP connection and then says nothing
+/// must not hold `PUT /v1/enqueue` for ever: the handshake times out and the answer reports it.
+#[tokio::test]
+async fn a_stalled_apns_handshake_does_not_hold_up_enqueue() {
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_url = format!("https://{}", stall.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = stall.accept().await {
+            open.push(s);
+        }
+    });
+    let r = rig(|o| {
+        o.endpoint.base_url = stall_url;
+        o.endpoint.connect_timeout = Duration::from_millis(300);
+        o.endpoint.handshake_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let d = device(&r).await;
+    let mut cmd = plist::Dictionary::new();
+    cmd.insert("RequestType".into(), "ProfileList".into());
+    let mut body = plist::Dictionary::new();
+    body.insert(
+        "CommandUUID".into(),
+        uuid::Uuid::new_v4().to_string().into(),
+    );
+    body.insert("Command".into(), cmd.into());
+    let mut xml = Vec::new();
+    plist::Value::Dictionary(body)
+        .to_writer_xml(&mut xml)
+        .unwrap();
+    let res = tokio::time::timeout(
+        Duration::from_secs(30),
+        r.server.api().enqueue_raw(&[&d.udid], xml, false),
+    )
+    .await
+    .expect("PUT /v1/enqueue answers while APNs stalls")
+    .unwrap();
+    assert_eq!(res.status, 207, "queued, push failed: {}", res.json);
+    let err = res.json["status"][&d.udid]["push_error"].as_str().unwrap();
+    assert!(err.contains("handshake"), "{err}");
+    held.abort();
 }

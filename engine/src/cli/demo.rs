@@ -128,6 +128,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 extra_ca: Some(openssl::x509::X509::from_pem(&pki.ca_pem())?),
                 connections: 2,
                 timeout: Duration::from_secs(5),
+                ..Default::default()
             },
             ..Default::default()
         })

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use super::ServeArgs;
 use pomona::config::Config;
-use pomona::http::server::{serve, tls_acceptor};
+use pomona::http::server::{serve_with, tls_acceptor};
 use pomona::{Engine, EngineBuilder};
 
 /// Load the configuration: file, then `POMONA_*` variables, then flags.
@@ -85,7 +85,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "pomona is serving"
     );
     print_ready(&listener, scheme, &config.data_dir);
-    serve(listener, engine.router(), tls, shutdown_signal()).await?;
+    serve_with(
+        listener,
+        engine.router(),
+        tls,
+        config.listener.options(),
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("shutting down");
     engine.shutdown().await;
     Ok(())

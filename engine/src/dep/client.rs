@@ -68,6 +68,13 @@ impl std::fmt::Debug for DepClient {
     }
 }
 
+/// Longest TCP (and proxy) connect to Apple's DEP service.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest silence while reading an answer.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest request, connect to the last byte of the answer (a sync page can be large).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The User-Agent Pomona sends (Apple rejects requests without one).
 pub const USER_AGENT: &str = concat!("pomona/", env!("CARGO_PKG_VERSION"));
 
@@ -82,7 +89,9 @@ impl DepClient {
     pub fn new(base: &str, token: OAuthToken, protocol_version: u32) -> Self {
         Self {
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .timeout(REQUEST_TIMEOUT)
                 .build()
                 .expect("an HTTP client with default TLS builds"),
             base: base.trim_end_matches('/').to_owned(),

@@ -31,6 +31,10 @@ pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
     Router::new()
         .route("/mdm/enroll", get(download).post(automated))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_MACHINE_INFO))
+        .route_layer(axum::middleware::from_fn_with_state(
+            inner.clone(),
+            super::rate_limit::limit_enroll,
+        ))
         .with_state(inner)
 }
 

@@ -5,9 +5,11 @@
 
 pub mod api;
 mod cert_cache;
+pub mod client_addr;
 pub mod device;
 pub mod enroll;
 pub mod ops;
+pub mod rate_limit;
 pub mod scep;
 pub mod server;
 pub mod status;
@@ -18,6 +20,7 @@ use axum::Router;
 
 use crate::engine::EngineInner;
 pub(crate) use cert_cache::CertCache;
+pub(crate) use rate_limit::RateLimits;
 
 pub(crate) fn router(inner: Arc<EngineInner>) -> Router {
     Router::new()
@@ -25,5 +28,9 @@ pub(crate) fn router(inner: Arc<EngineInner>) -> Router {
         .merge(api::routes(inner.clone()))
         .merge(scep::routes(inner.clone()))
         .merge(enroll::routes(inner.clone()))
-        .merge(ops::routes(inner))
+        .merge(ops::routes(inner.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            inner,
+            client_addr::guard_proxy_header,
+        ))
 }

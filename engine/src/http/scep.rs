@@ -27,6 +27,10 @@ pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
     Router::new()
         .route("/scep", get(scep).post(scep))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_MESSAGE))
+        .route_layer(axum::middleware::from_fn_with_state(
+            inner.clone(),
+            super::rate_limit::limit_scep,
+        ))
         .with_state(inner)
 }
 

@@ -61,12 +61,7 @@ pub struct ApnsOptions {
 impl Default for ApnsOptions {
     fn default() -> Self {
         Self {
-            endpoint: ApnsEndpoint {
-                base_url: crate::wire::apns::PRODUCTION_URL.into(),
-                extra_ca: None,
-                connections: 2,
-                timeout: Duration::from_secs(15),
-            },
+            endpoint: ApnsEndpoint::default(),
             retry_delays: [30, 120, 480, 1800].map(Duration::from_secs).to_vec(),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(30),

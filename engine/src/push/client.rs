@@ -44,8 +44,26 @@ pub struct ApnsEndpoint {
     pub extra_ca: Option<X509>,
     /// Connections to keep open.
     pub connections: usize,
-    /// Per-request timeout.
+    /// Per-request timeout (from sending a push to APNs' complete answer).
     pub timeout: Duration,
+    /// Longest TCP connect.
+    pub connect_timeout: Duration,
+    /// Longest TLS plus HTTP/2 handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ApnsEndpoint {
+    /// Apple production, two connections, 10 s to connect, 10 s to handshake, 15 s per push.
+    fn default() -> Self {
+        Self {
+            base_url: crate::wire::apns::PRODUCTION_URL.into(),
+            extra_ca: None,
+            connections: 2,
+            timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 struct Target {
@@ -85,6 +103,8 @@ pub struct ApnsClient {
     next: AtomicUsize,
     topic: String,
     timeout: Duration,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
 }
 
 impl std::fmt::Debug for ApnsClient {
@@ -121,13 +141,21 @@ impl ApnsClient {
             next: AtomicUsize::new(0),
             topic: cert.topic.clone(),
             timeout: endpoint.timeout,
+            connect_timeout: endpoint.connect_timeout,
+            handshake_timeout: endpoint.handshake_timeout,
         }))
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ApnsError> {
         let addr = format!("{}:{}", self.target.host, self.target.port);
-        let tcp = TcpStream::connect(&addr)
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&addr))
             .await
+            .map_err(|_| {
+                ApnsError::Connect(format!(
+                    "{addr}: no TCP connection within {} ms",
+                    self.connect_timeout.as_millis()
+                ))
+            })?
             .map_err(|e| ApnsError::Connect(format!("{addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let mut config = self
@@ -139,14 +167,25 @@ impl ApnsClient {
             .into_ssl(&self.target.host)
             .map_err(|e| ApnsError::Tls(e.to_string()))?;
         let mut stream = SslStream::new(ssl, tcp).map_err(|e| ApnsError::Tls(e.to_string()))?;
-        Pin::new(&mut stream)
-            .connect()
-            .await
-            .map_err(|e| ApnsError::Connect(format!("{addr}: TLS: {e}")))?;
-        let (send, conn) =
+        // TLS and HTTP/2 handshakes share one deadline: a server or proxy that accepts the
+        // connection and then says nothing must not hold the push (and the caller) forever.
+        let handshakes = async {
+            Pin::new(&mut stream)
+                .connect()
+                .await
+                .map_err(|e| ApnsError::Connect(format!("{addr}: TLS: {e}")))?;
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await
-                .map_err(|e| ApnsError::Connect(format!("{addr}: HTTP/2: {e}")))?;
+                .map_err(|e| ApnsError::Connect(format!("{addr}: HTTP/2: {e}")))
+        };
+        let (send, conn) = tokio::time::timeout(self.handshake_timeout, handshakes)
+            .await
+            .map_err(|_| {
+                ApnsError::Connect(format!(
+                    "{addr}: no TLS and HTTP/2 handshake within {} ms",
+                    self.handshake_timeout.as_millis()
+                ))
+            })??;
         tokio::spawn(async move {
             if let Err(err) = conn.await {
                 tracing::debug!(%err, "APNs connection closed");
@@ -173,9 +212,17 @@ impl ApnsClient {
         *self.slots[i].lock().await = None;
     }
 
-    /// Send one MDM push; returns what APNs said.
+    /// Send one MDM push; returns what APNs said. Bounded in time: waiting for a connection
+    /// (which may mean waiting behind another push that is opening it, then opening one) takes
+    /// at most the connect plus handshake timeouts, and the request at most the request timeout.
     pub async fn push(&self, token_hex: &str, push_magic: &str) -> Result<Disposition, ApnsError> {
-        let (slot, mut sender) = self.sender().await?;
+        let open = self.connect_timeout + self.handshake_timeout;
+        let (slot, mut sender) =
+            tokio::time::timeout(open, self.sender())
+                .await
+                .map_err(|_| {
+                    ApnsError::Connect(format!("no APNs connection within {} ms", open.as_millis()))
+                })??;
         let req = http::Request::post(format!(
             "https://{}/3/device/{token_hex}",
             self.target.authority
@@ -222,6 +269,43 @@ impl ApnsClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server (or proxy) that accepts TCP and never speaks must not hold a push for ever.
+    #[cfg(feature = "sim")]
+    #[tokio::test]
+    async fn a_stalled_handshake_fails_the_push() {
+        let pki = crate::sim::apns::ApnsTestPki::new().unwrap();
+        let cert = PushCertificate::from_pem(
+            &pki.push_certificate("com.apple.mgmt.External.stall", 30)
+                .unwrap(),
+        )
+        .unwrap();
+        let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("https://{}", stall.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = stall.accept().await {
+                open.push(s);
+            }
+        });
+        let client = ApnsClient::new(
+            &cert,
+            &ApnsEndpoint {
+                base_url,
+                connect_timeout: Duration::from_millis(300),
+                handshake_timeout: Duration::from_millis(300),
+                timeout: Duration::from_millis(300),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let pushed = tokio::time::timeout(Duration::from_secs(20), client.push("00", "m"))
+            .await
+            .expect("the push gave up instead of waiting for the handshake for ever");
+        let err = pushed.unwrap_err().to_string();
+        assert!(err.contains("handshake"), "{err}");
+        held.abort();
+    }
 
     #[test]
     fn base_urls() {

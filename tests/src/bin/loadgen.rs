@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
                 extra_ca: Some(openssl::x509::X509::from_pem(&pki.ca_pem())?),
                 connections: args.opts.connections,
                 timeout: std::time::Duration::from_secs(30),
+                ..Default::default()
             },
             ..Default::default()
         };
