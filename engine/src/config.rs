@@ -575,9 +575,76 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.scep.challenge_ttl_secs, 3600);
         assert_eq!(c.setup.release_timeout_secs, 1800);
+        assert_eq!(
+            c.listener.options(),
+            crate::http::server::ListenerOptions::default(),
+            "the sample shows the listener defaults"
+        );
+        assert_eq!(
+            c.rate_limit.options(),
+            crate::http::rate_limit::RateLimitOptions::default(),
+            "the sample shows the rate-limit defaults"
+        );
+        let apns = ApnsConfig::default();
+        assert_eq!(
+            (
+                c.apns.connect_timeout_secs,
+                c.apns.handshake_timeout_secs,
+                c.apns.request_timeout_secs
+            ),
+            (
+                apns.connect_timeout_secs,
+                apns.handshake_timeout_secs,
+                apns.request_timeout_secs
+            )
+        );
         let short = Config::from_toml("[setup]\nrelease_timeout_secs = 90\n", "t").unwrap();
         assert_eq!(short.setup.release_timeout_secs, 90);
         assert!(Config::from_toml("[setup]\nrelease_timeout = 90\n", "t").is_err());
+    }
+
+    #[test]
+    fn proxies_listener_and_rate_limits() {
+        let c = Config::from_toml(
+            "[identity]\nclient_cert_header = \"Client-Cert\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n\
+             [listener]\nmax_connections = 10\nbody_read_timeout_secs = 5\n\
+             [rate_limit]\nenroll_per_minute = 0\n\
+             [apns]\nhandshake_timeout_secs = 3\n",
+            "t",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let l = c.listener.options();
+        assert_eq!(l.max_connections, 10);
+        assert_eq!(l.body_read_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(l.header_read_timeout, std::time::Duration::from_secs(15));
+        assert_eq!(c.rate_limit.options().enroll.per_minute, 0);
+        assert_eq!(c.rate_limit.options().scep.per_minute, 120);
+        assert_eq!(c.apns.handshake_timeout_secs, 3);
+
+        let bad = Config::from_toml("[identity]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "t");
+        let err = bad.unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("10.0.0.0/33"), "{err}");
+        let nobody = Config::from_toml(
+            "[identity]\nclient_cert_header = \"X\"\ntrusted_proxies = []\n",
+            "t",
+        );
+        let err = nobody.unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("trusted_proxies"), "{err}");
+        let mut zero = Config::default();
+        zero.listener.header_read_timeout_secs = 0;
+        assert!(zero.validate().is_err());
+
+        let mut env = Config::default();
+        env.apply_env([(
+            "POMONA_TRUSTED_PROXIES".to_string(),
+            "10.0.0.1, fd00::/8".to_string(),
+        )])
+        .unwrap();
+        assert_eq!(
+            env.identity.trusted_proxies,
+            Some(vec!["10.0.0.1".to_string(), "fd00::/8".to_string()])
+        );
     }
 
     #[test]
