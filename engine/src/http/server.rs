@@ -253,7 +253,14 @@ async fn http<I>(
     let requests = activity.clone();
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let in_flight = requests.request_started();
-        let mut req = req.map(|b| Body::new(DeadlineBody::new(b, body_timeout)));
+        // Bodies get a deadline; requests without one (most GETs) need no timer.
+        let mut req = req.map(|b| {
+            if hyper::body::Body::is_end_stream(&b) {
+                Body::new(b)
+            } else {
+                Body::new(DeadlineBody::new(b, body_timeout))
+            }
+        });
         req.extensions_mut().insert(ClientAddr(peer));
         if let Some(c) = &cert {
             req.extensions_mut().insert(PeerCertificate(c.clone()));
