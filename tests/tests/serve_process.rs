@@ -262,3 +262,44 @@ async fn device_enrolls_through_scep_and_receives_a_command() {
     let events = api.get("/v1/events?after=0").await.unwrap();
     assert_eq!(events.json["events"][0]["kind"], "scep.certificate_issued");
 }
+
+/// Issue 11, items 10 and 13 through `pomona serve`'s configuration: `[rate_limit]` answers 429
+/// with `Retry-After`, and the client-certificate header from a peer outside
+/// `identity.trusted_proxies` (here loopback, not in the list) is refused.
+#[tokio::test]
+async fn serve_applies_rate_limits_and_trusted_proxies_from_its_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pomona.toml");
+    std::fs::write(
+        &config,
+        "[identity]\nclient_cert_header = \"X-Client-Cert\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+         [rate_limit]\nenroll_per_minute = 1\nenroll_burst = 2\n",
+    )
+    .unwrap();
+    let mut p = ServeProcess::start(
+        &dir.path().join("data"),
+        &[],
+        &["--config", config.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let enroll = format!("{}/mdm/enroll", p.url);
+    for _ in 0..2 {
+        assert_eq!(client.get(&enroll).send().await.unwrap().status(), 200);
+    }
+    let r = client.get(&enroll).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+
+    let r = client
+        .put(format!("{}/mdm/checkin", p.url))
+        .header("X-Client-Cert", ":AAAA:")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("trusted_proxies"));
+    p.terminate().await.unwrap();
+}
