@@ -250,7 +250,7 @@ async fn accept_errors_back_off() {
     .await;
     let n = calls.load(Ordering::Relaxed);
     // 10, 20, 40, 80, 160, 320 ms: about six attempts in half a second, not thousands.
-    assert!((2..=20).contains(&n), "{n} accept attempts in 500 ms");
+    assert!((1..=20).contains(&n), "{n} accept attempts in 500 ms");
     let mut b = AcceptBackoff::default();
     let delays: Vec<u64> = (0..9).map(|_| b.next_delay().as_millis() as u64).collect();
     assert_eq!(delays, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
