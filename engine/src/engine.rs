@@ -47,6 +47,7 @@ use crate::store::redb::RedbStore;
 use crate::store::{Event, Store, StoreError};
 use crate::teams::TeamService;
 use crate::webhooks::{WebhookOptions, WebhookService};
+use crate::wire::bounded_plist::PlistLimits;
 use crate::wire::machine_info::DeviceTrust;
 use openssl::pkey::PKey;
 use openssl::x509::X509;
@@ -82,6 +83,8 @@ pub(crate) struct HttpSettings {
     pub api_key: Option<String>,
     pub client_cert_header: Option<http::HeaderName>,
     pub max_body_bytes: usize,
+    /// Limits on device plists (check-ins and command reports).
+    pub plist_limits: PlistLimits,
 }
 
 /// Everything the adapters share.
@@ -150,6 +153,7 @@ pub struct EngineBuilder {
     plugin_limits: Limits,
     setup: SetupOptions,
     webhooks: WebhookOptions,
+    plist_limits: PlistLimits,
 }
 
 impl Default for EngineBuilder {
@@ -178,6 +182,7 @@ impl Default for EngineBuilder {
             plugin_limits: Limits::default(),
             setup: SetupOptions::default(),
             webhooks: WebhookOptions::default(),
+            plist_limits: defaults.plist_limits,
         }
     }
 }
@@ -294,6 +299,7 @@ impl EngineBuilder {
         }
         b.apns = apns;
         b.plugin_limits = config.plugin_limits;
+        b.plist_limits = config.plist_limits;
         b.setup.release_timeout = Duration::from_secs(config.setup.release_timeout_secs);
         // Relative plugin paths in a config file are relative to the working directory.
         b.plugins = config.plugins.clone();
@@ -359,6 +365,13 @@ impl EngineBuilder {
     /// Largest accepted device request body.
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.max_body_bytes = n;
+        self
+    }
+
+    /// Limits on every plist from devices and on uploaded profiles (default:
+    /// [`PlistLimits::default`]).
+    pub fn plist_limits(mut self, limits: PlistLimits) -> Self {
+        self.plist_limits = limits;
         self
     }
 
@@ -541,7 +554,12 @@ impl EngineBuilder {
             .with_policy(chain.clone())
             .with_teams(store.clone(), store.clone());
         let teams = TeamService::new(store.clone(), outbox.clone());
-        let profiles = Arc::new(ProfileLibrary::new(store.clone(), outbox.clone()));
+        self.plist_limits
+            .check()
+            .map_err(|e| EngineError::Invalid(format!("plist_limits: {e}")))?;
+        let profiles = Arc::new(
+            ProfileLibrary::new(store.clone(), outbox.clone()).with_plist_limits(self.plist_limits),
+        );
         let setup = Arc::new(
             SetupService::new(
                 store.clone(),
@@ -581,6 +599,7 @@ impl EngineBuilder {
                 api_key: self.api_key,
                 client_cert_header: header,
                 max_body_bytes: self.max_body_bytes,
+                plist_limits: self.plist_limits,
             },
             certs: Default::default(),
             public_url: self.public_url,
