@@ -53,7 +53,7 @@ async fn plist_bombs_are_refused_and_the_server_survives() {
         client.clone(),
     );
     device.enroll().await.unwrap();
-    assert_eq!(device.idle().await.unwrap(), None);
+    assert!(device.idle().await.unwrap().is_none());
     let before = rss_kib(pid);
     let checkin_url = format!("{}/mdm/checkin", p.url);
 
@@ -107,8 +107,14 @@ async fn plist_bombs_are_refused_and_the_server_survives() {
                 .await
                 .unwrap();
             assert!(health.status().is_success());
-            assert_eq!(device.idle().await.unwrap(), None, "the device still works");
+            assert!(
+                device.idle().await.unwrap().is_none(),
+                "the device still works"
+            );
             let now = rss_kib(pid);
+            eprintln!(
+                "{name} (signed: {signed}): {status} in {took:?}; VmRSS {now} KiB, before {before} KiB"
+            );
             assert!(
                 now <= before * 3,
                 "{name} (signed: {signed}): resident memory {now} KiB, was {before} KiB"
