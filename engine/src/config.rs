@@ -79,6 +79,8 @@ pub struct Config {
     pub listener: ListenerConfig,
     /// Per-client rate limits on anonymous endpoints (`[rate_limit]`).
     pub rate_limit: RateLimitConfig,
+    /// Limits on every property list from devices or users (`[plist_limits]`).
+    pub plist_limits: crate::wire::bounded_plist::PlistLimits,
 }
 
 impl Default for Config {
@@ -102,6 +104,7 @@ impl Default for Config {
             setup: SetupConfig::default(),
             listener: ListenerConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            plist_limits: Default::default(),
         }
     }
 }
@@ -552,6 +555,9 @@ impl Config {
         {
             return bad("apns", "timeouts must be at least 1 second");
         }
+        if let Err(message) = self.plist_limits.check() {
+            return bad("plist_limits", &message);
+        }
         Ok(())
     }
 }
@@ -601,6 +607,24 @@ mod tests {
         let short = Config::from_toml("[setup]\nrelease_timeout_secs = 90\n", "t").unwrap();
         assert_eq!(short.setup.release_timeout_secs, 90);
         assert!(Config::from_toml("[setup]\nrelease_timeout = 90\n", "t").is_err());
+        assert_eq!(c.plist_limits, Default::default());
+    }
+
+    #[test]
+    fn plist_limits_are_configurable_and_checked() {
+        let c =
+            Config::from_toml("[plist_limits]\nmax_depth = 32\nmax_values = 1000\n", "t").unwrap();
+        assert_eq!(c.plist_limits.max_depth, 32);
+        assert_eq!(c.plist_limits.max_values, 1000);
+        assert_eq!(c.plist_limits.max_bytes, 32 << 20);
+        c.validate().unwrap();
+        let deep = Config::from_toml("[plist_limits]\nmax_depth = 5000\n", "t").unwrap();
+        let err = deep.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("plist_limits") && err.contains("max_depth"),
+            "{err}"
+        );
+        assert!(Config::from_toml("[plist_limits]\ndepth = 3\n", "t").is_err());
     }
 
     #[test]

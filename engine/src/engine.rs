@@ -47,6 +47,7 @@ use crate::store::redb::RedbStore;
 use crate::store::{Event, Store, StoreError};
 use crate::teams::TeamService;
 use crate::webhooks::{WebhookOptions, WebhookService};
+use crate::wire::bounded_plist::PlistLimits;
 use crate::wire::machine_info::DeviceTrust;
 use openssl::pkey::PKey;
 use openssl::x509::X509;
@@ -84,6 +85,8 @@ pub(crate) struct HttpSettings {
     pub max_body_bytes: usize,
     /// Peers whose client-certificate and `X-Forwarded-For` headers are believed.
     pub trusted_proxies: crate::http::client_addr::TrustedProxies,
+    /// Limits on device plists (check-ins and command reports).
+    pub plist_limits: PlistLimits,
 }
 
 /// Everything the adapters share.
@@ -155,6 +158,7 @@ pub struct EngineBuilder {
     plugin_limits: Limits,
     setup: SetupOptions,
     webhooks: WebhookOptions,
+    plist_limits: PlistLimits,
 }
 
 impl Default for EngineBuilder {
@@ -185,6 +189,7 @@ impl Default for EngineBuilder {
             plugin_limits: Limits::default(),
             setup: SetupOptions::default(),
             webhooks: WebhookOptions::default(),
+            plist_limits: defaults.plist_limits,
         }
     }
 }
@@ -309,6 +314,7 @@ impl EngineBuilder {
         }
         b.apns = apns;
         b.plugin_limits = config.plugin_limits;
+        b.plist_limits = config.plist_limits;
         b.setup.release_timeout = Duration::from_secs(config.setup.release_timeout_secs);
         // Relative plugin paths in a config file are relative to the working directory.
         b.plugins = config.plugins.clone();
@@ -388,6 +394,13 @@ impl EngineBuilder {
     /// Largest accepted device request body.
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.max_body_bytes = n;
+        self
+    }
+
+    /// Limits on every plist from devices and on uploaded profiles (default:
+    /// [`PlistLimits::default`]).
+    pub fn plist_limits(mut self, limits: PlistLimits) -> Self {
+        self.plist_limits = limits;
         self
     }
 
@@ -570,7 +583,12 @@ impl EngineBuilder {
             .with_policy(chain.clone())
             .with_teams(store.clone(), store.clone());
         let teams = TeamService::new(store.clone(), outbox.clone());
-        let profiles = Arc::new(ProfileLibrary::new(store.clone(), outbox.clone()));
+        self.plist_limits
+            .check()
+            .map_err(|e| EngineError::Invalid(format!("plist_limits: {e}")))?;
+        let profiles = Arc::new(
+            ProfileLibrary::new(store.clone(), outbox.clone()).with_plist_limits(self.plist_limits),
+        );
         let setup = Arc::new(
             SetupService::new(
                 store.clone(),
@@ -611,6 +629,7 @@ impl EngineBuilder {
                 client_cert_header: header,
                 max_body_bytes: self.max_body_bytes,
                 trusted_proxies: self.trusted_proxies,
+                plist_limits: self.plist_limits,
             },
             certs: Default::default(),
             rate_limits: crate::http::RateLimits::new(&self.rate_limits),

@@ -37,6 +37,14 @@ pub enum DepError {
         /// The body (Apple's error code).
         body: String,
     },
+    /// The answer's body is larger than the client accepts ([`MAX_RESPONSE_BYTES`]).
+    #[error("DEP API {path} answered with more than {max} bytes")]
+    TooLarge {
+        /// The path.
+        path: String,
+        /// The limit.
+        max: usize,
+    },
     /// The answer is not the JSON expected.
     #[error(transparent)]
     Decode(#[from] std::sync::Arc<dep::DepWireError>),
@@ -58,6 +66,7 @@ pub struct DepClient {
     protocol_version: u32,
     retries: u32,
     backoff: Duration,
+    max_response_bytes: usize,
 }
 
 impl std::fmt::Debug for DepClient {
@@ -74,6 +83,36 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest request, connect to the last byte of the answer (a sync page can be large).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest DEP response body read (a page of 1,000 devices is about 1 MiB). Bodies are read up
+/// to this size before any JSON parsing; serde_json also caps nesting at 128 levels.
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// Read `resp`'s body, refusing more than `max` bytes before buffering them.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    path: &str,
+    max: usize,
+) -> Result<Vec<u8>, DepError> {
+    let too_large = || DepError::TooLarge {
+        path: path.to_owned(),
+        max,
+    };
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| DepError::Transport(e.to_string()))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
 
 /// The User-Agent Pomona sends (Apple rejects requests without one).
 pub const USER_AGENT: &str = concat!("pomona/", env!("CARGO_PKG_VERSION"));
@@ -100,7 +139,14 @@ impl DepClient {
             protocol_version,
             retries: 4,
             backoff: Duration::from_millis(500),
+            max_response_bytes: MAX_RESPONSE_BYTES,
         }
+    }
+
+    /// Accept response bodies up to `max` bytes (default [`MAX_RESPONSE_BYTES`]).
+    pub fn with_max_response_bytes(mut self, max: usize) -> Self {
+        self.max_response_bytes = max;
+        self
     }
 
     /// Shorter backoff (tests).
@@ -129,10 +175,7 @@ impl DepClient {
             .await
             .map_err(|e| DepError::Transport(e.to_string()))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| DepError::Transport(e.to_string()))?;
+        let body = read_capped(resp, "/session", self.max_response_bytes).await?;
         if status != 200 {
             let text = String::from_utf8_lossy(&body).into_owned();
             return Err(if text.contains("T_C_NOT_SIGNED") {
@@ -223,11 +266,7 @@ impl DepClient {
                 .get("Retry-After")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| DepError::Transport(e.to_string()))?
-                .to_vec();
+            let bytes = read_capped(resp, path, self.max_response_bytes).await?;
             let text = || String::from_utf8_lossy(&bytes).into_owned();
             match status {
                 200..=299 => return Ok(bytes),
@@ -336,5 +375,71 @@ impl DepClient {
             "assignment",
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP server answering every request with `body` (one connection per request).
+    async fn serve(body: &'static [u8], chunked: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 8192];
+                    let _ = s.read(&mut buf).await;
+                    let head = if chunked {
+                        format!(
+                            "HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                            body.len()
+                        )
+                    } else {
+                        format!(
+                            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                    };
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(body).await;
+                    if chunked {
+                        let _ = s.write_all(b"\r\n0\r\n\r\n").await;
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    fn token() -> OAuthToken {
+        OAuthToken {
+            consumer_key: "ck".into(),
+            consumer_secret: "cs".into(),
+            access_token: "at".into(),
+            access_secret: "as".into(),
+            access_token_expiry: "2099-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_answers_are_refused_before_parsing() {
+        static BIG: &[u8] = &[b' '; 4096];
+        for chunked in [false, true] {
+            let url = serve(BIG, chunked).await;
+            let client = DepClient::new(&url, token(), 3)
+                .with_backoff(Duration::from_millis(1), 0)
+                .with_max_response_bytes(1024);
+            let err = client.account().await.unwrap_err();
+            assert!(
+                matches!(&err, DepError::TooLarge { path, max: 1024 } if path == "/session"),
+                "{err}"
+            );
+        }
+        let small = serve(br#"{"auth_session_token":"t"}"#, false).await;
+        let client = DepClient::new(&small, token(), 3).with_max_response_bytes(1024);
+        assert_eq!(client.session_token().await.unwrap(), "t");
     }
 }

@@ -126,7 +126,8 @@ async fn dispatch(
     let identity = identity(inner, peer, headers, body)?;
     let received_at = time::OffsetDateTime::now_utc();
     if is_checkin {
-        let msg = CheckinMessage::parse(body).map_err(|e| MdmError::BadRequest(e.to_string()))?;
+        let msg = CheckinMessage::parse_with(body, &inner.http.plist_limits)
+            .map_err(|e| MdmError::BadRequest(e.to_string()))?;
         inner.metrics.checkin(msg.body.message_type());
         let req = Request {
             identifiers: msg.identifiers,
@@ -146,7 +147,8 @@ async fn dispatch(
             }
         })
     } else {
-        let report = CommandReport::parse(body).map_err(|e| MdmError::BadRequest(e.to_string()))?;
+        let report = CommandReport::parse_with(body, &inner.http.plist_limits)
+            .map_err(|e| MdmError::BadRequest(e.to_string()))?;
         inner.metrics.report(report.status);
         let req = Request {
             identifiers: report.identifiers.clone(),

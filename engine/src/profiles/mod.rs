@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::events::{Outbox, event, kind};
 use crate::store::{ProfileMeta, ProfileStore, StoreError, StoredProfile};
+use crate::wire::bounded_plist::PlistLimits;
 use crate::wire::command::Command;
 use crate::wire::config_profile::{self, InvalidProfile};
 
@@ -101,6 +102,7 @@ pub struct ProfileLibrary {
     store: Arc<dyn ProfileStore>,
     outbox: Outbox,
     write: tokio::sync::Mutex<()>,
+    plist_limits: PlistLimits,
 }
 
 impl std::fmt::Debug for ProfileLibrary {
@@ -116,7 +118,14 @@ impl ProfileLibrary {
             store,
             outbox,
             write: tokio::sync::Mutex::new(()),
+            plist_limits: PlistLimits::default(),
         }
+    }
+
+    /// Validate uploads within `limits` (default: [`PlistLimits::default`]).
+    pub fn with_plist_limits(mut self, limits: PlistLimits) -> Self {
+        self.plist_limits = limits;
+        self
     }
 
     /// Validate `bytes` as a `.mobileconfig` and store them as `name`, creating or replacing it.
@@ -129,7 +138,7 @@ impl ProfileLibrary {
         if bytes.len() > MAX_PROFILE_BYTES {
             return Err(ProfileLibraryError::TooLarge { size: bytes.len() });
         }
-        let info = config_profile::validate(&bytes)?;
+        let info = config_profile::validate_with(&bytes, &self.plist_limits)?;
         let sha256 = hex::encode(openssl::sha::sha256(&bytes));
         let _guard = self.write.lock().await;
         // A previous record that cannot be read is simply replaced.

@@ -2,6 +2,7 @@
 
 use plist::{Dictionary, Value};
 
+use super::bounded_plist::{self, PlistError, PlistLimits};
 use super::enrollment_id::{Channel, ChannelError, Identifiers};
 
 /// Why a check-in or report body could not be understood.
@@ -10,6 +11,9 @@ pub enum MessageError {
     /// The body is not a property list.
     #[error("body is not a valid property list: {0}")]
     NotPlist(String),
+    /// The property list exceeds a [`PlistLimits`] limit.
+    #[error(transparent)]
+    Limit(PlistError),
     /// The property list is not a dictionary.
     #[error("property list root is not a dictionary")]
     NotDictionary,
@@ -42,12 +46,16 @@ pub enum MessageError {
     Channel(#[from] ChannelError),
 }
 
-/// Parse bytes as a plist dictionary (XML or binary).
-pub(crate) fn parse_dictionary(body: &[u8]) -> Result<Dictionary, MessageError> {
-    match Value::from_reader(std::io::Cursor::new(body)) {
-        Ok(Value::Dictionary(d)) => Ok(d),
-        Ok(_) => Err(MessageError::NotDictionary),
-        Err(e) => Err(MessageError::NotPlist(e.to_string())),
+/// Parse bytes as a plist dictionary (XML or binary) with the bounded decoder.
+pub(crate) fn parse_dictionary(
+    body: &[u8],
+    limits: &PlistLimits,
+) -> Result<Dictionary, MessageError> {
+    match bounded_plist::decode_dictionary(body, limits) {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(_)) => Err(MessageError::NotDictionary),
+        Err(PlistError::Syntax { detail, .. }) => Err(MessageError::NotPlist(detail)),
+        Err(e) => Err(MessageError::Limit(e)),
     }
 }
 
@@ -235,9 +243,14 @@ pub struct CheckinMessage {
 }
 
 impl CheckinMessage {
-    /// Parse a check-in body (XML or binary plist).
+    /// Parse a check-in body (XML or binary plist) within the default [`PlistLimits`].
     pub fn parse(body: &[u8]) -> Result<Self, MessageError> {
-        let dict = parse_dictionary(body)?;
+        Self::parse_with(body, &PlistLimits::default())
+    }
+
+    /// Parse a check-in body (XML or binary plist) within `limits`.
+    pub fn parse_with(body: &[u8], limits: &PlistLimits) -> Result<Self, MessageError> {
+        let dict = parse_dictionary(body, limits)?;
         let top = Fields {
             message: "check-in",
             dict: &dict,
@@ -440,6 +453,36 @@ mod tests {
             let m = CheckinMessage::parse(&xml(d)).unwrap();
             assert_eq!(m.body.message_type(), t);
         }
+    }
+
+    const BOMB_30: &[u8] = include_bytes!("../../../fuzz/corpus/checkin/bplist-bomb-30");
+    const BOMB_40: &[u8] = include_bytes!("../../../fuzz/corpus/checkin/bplist-bomb-40");
+    const DEEP_XML: &[u8] = include_bytes!("../../../fuzz/corpus/checkin/xml-deep-50000");
+
+    /// Run `f` on a thread with a 256 KiB stack: proof that nothing recurses with input depth.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_shared_reference_bomb_is_refused_quickly() {
+        for bomb in [BOMB_30, BOMB_40] {
+            let started = std::time::Instant::now();
+            let err = on_small_stack(move || CheckinMessage::parse(bomb).unwrap_err());
+            assert!(err.to_string().contains("plist has more than"), "{err}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn fifty_thousand_nested_arrays_are_refused_on_a_small_stack() {
+        let err = on_small_stack(|| CheckinMessage::parse(DEEP_XML).unwrap_err());
+        assert_eq!(err.to_string(), "plist nesting deeper than 64");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use plist::{Dictionary, Value};
 
+use super::bounded_plist::{PlistLimits, decode};
 use super::checkin::to_xml;
 
 /// Why a command plist is not acceptable.
@@ -36,9 +37,10 @@ pub struct Command {
 }
 
 impl Command {
-    /// Validate a raw command plist, keeping its bytes untouched.
+    /// Validate a raw command plist (within the default [`PlistLimits`]), keeping its bytes
+    /// untouched.
     pub fn parse(raw: Vec<u8>) -> Result<Self, CommandError> {
-        let value = Value::from_reader(std::io::Cursor::new(&raw))
+        let value = decode(&raw, &PlistLimits::default())
             .map_err(|e| CommandError::NotPlist(e.to_string()))?;
         let dict = value.as_dictionary().ok_or(CommandError::NotDictionary)?;
         let uuid = match dict.get("CommandUUID").and_then(Value::as_string) {

@@ -17,10 +17,8 @@
 //! and remove a profile.
 
 use std::borrow::Cow;
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Cursor;
 
 use openssl::nid::Nid;
 use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
@@ -28,20 +26,10 @@ use openssl::stack::Stack;
 use openssl::x509::X509NameRef;
 use openssl::x509::store::X509StoreBuilder;
 use plist::{Dictionary, Value};
-use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::bounded_plist::{self, PlistError, PlistLimits};
 use super::command::Command;
-
-/// Deepest nesting of arrays and dictionaries accepted (real profiles stay under ten).
-pub const MAX_DEPTH: usize = 64;
-
-/// Most values (dictionary keys included) a profile may hold once parsed.
-pub const MAX_VALUES: usize = 1_000_000;
-
-/// Most bytes of strings and data a profile may hold once parsed (a binary plist may store a
-/// repeated string once).
-pub const MAX_EXPANDED_BYTES: usize = 32 << 20;
 
 /// Where in a profile a problem is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,15 +75,11 @@ pub enum InvalidProfile {
         /// The parser's message.
         detail: String,
     },
-    /// Arrays and dictionaries nest deeper than [`MAX_DEPTH`].
-    #[error("the property list nests arrays and dictionaries deeper than {MAX_DEPTH} levels")]
-    TooDeep,
-    /// More than [`MAX_VALUES`] values or [`MAX_EXPANDED_BYTES`] of strings and data once parsed
-    /// (typically a binary plist that shares its objects to expand far beyond its own size).
-    #[error(
-        "the property list holds more than {MAX_VALUES} values or {MAX_EXPANDED_BYTES} bytes of strings and data once expanded"
-    )]
-    TooLarge,
+    /// The property list exceeds a limit of the bounded decoder (nesting depth, values, bytes
+    /// once expanded: typically a binary plist sharing its objects to expand far beyond its own
+    /// size).
+    #[error("{0}")]
+    Limit(PlistError),
     /// The CMS structure is malformed, is not SignedData, or its signature does not verify.
     #[error("signed profile: {0}")]
     Signature(String),
@@ -197,15 +181,7 @@ pub enum PayloadScope {
     User,
 }
 
-/// How the property list is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PlistFormat {
-    /// XML.
-    Xml,
-    /// Binary (`bplist00`).
-    Binary,
-}
+pub use super::bounded_plist::PlistFormat;
 
 /// The certificate that signed a signed profile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,8 +237,14 @@ pub struct ProfileInfo {
     pub payloads: Vec<PayloadSummary>,
 }
 
-/// Validate an uploaded `.mobileconfig` and describe it. Never panics, whatever the bytes.
+/// Validate an uploaded `.mobileconfig` within the default [`PlistLimits`] and describe it.
+/// Never panics, whatever the bytes.
 pub fn validate(bytes: &[u8]) -> Result<ProfileInfo, InvalidProfile> {
+    validate_with(bytes, &PlistLimits::default())
+}
+
+/// [`validate`] within `limits`.
+pub fn validate_with(bytes: &[u8], limits: &PlistLimits) -> Result<ProfileInfo, InvalidProfile> {
     if bytes.is_empty() {
         return Err(InvalidProfile::Empty);
     }
@@ -272,7 +254,7 @@ pub fn validate(bytes: &[u8]) -> Result<ProfileInfo, InvalidProfile> {
     } else {
         (Cow::Borrowed(bytes), None)
     };
-    let (value, format) = parse_plist(&content)?;
+    let (value, format) = parse_plist(&content, limits)?;
     describe(value, format, signer)
 }
 
@@ -402,169 +384,18 @@ fn name_string(name: &X509NameRef) -> String {
         .join(", ")
 }
 
-/// Parse a property list: first a bounded walk that builds nothing, then the value itself.
-///
-/// The walk caps the nesting depth (dropping a deeply nested value recurses) and the number of
-/// values and string bytes, because a binary plist can share objects so that a few hundred bytes
-/// stand for billions of values.
-fn parse_plist(bytes: &[u8]) -> Result<(Value, PlistFormat), InvalidProfile> {
-    let binary = bytes.starts_with(b"bplist00");
-    let (format, name) = if binary {
-        (PlistFormat::Binary, "binary")
-    } else {
-        (PlistFormat::Xml, "XML")
-    };
-    let err = |e: plist::Error| InvalidProfile::Plist {
-        format: name,
-        detail: e.to_string(),
-    };
-    WALK_ABORT.with(|a| a.set(None));
-    let walked = if binary {
-        plist::from_reader::<_, Walked>(Cursor::new(bytes))
-    } else {
-        plist::from_reader_xml::<_, Walked>(Cursor::new(bytes))
-    };
-    if let Err(e) = walked {
-        return Err(match WALK_ABORT.with(Cell::take) {
-            Some(Abort::TooDeep) => InvalidProfile::TooDeep,
-            Some(Abort::TooLarge) => InvalidProfile::TooLarge,
-            None => err(e),
-        });
-    }
-    let value = if binary {
-        Value::from_reader(Cursor::new(bytes))
-    } else {
-        Value::from_reader_xml(Cursor::new(bytes))
-    };
-    Ok((value.map_err(err)?, format))
-}
-
-/// Why the bounded walk stopped.
-#[derive(Debug, Clone, Copy)]
-enum Abort {
-    TooDeep,
-    TooLarge,
-}
-
-thread_local! {
-    /// Set by [`Walked`] when it stops the walk itself (the deserializer's error carries only a
-    /// message). The walk runs synchronously on the calling thread.
-    static WALK_ABORT: Cell<Option<Abort>> = const { Cell::new(None) };
-}
-
-/// The result of a bounded walk over a whole property list.
-struct Walked;
-
-/// Counters shared by every node of one walk.
-#[derive(Default)]
-struct Tally {
-    values: Cell<usize>,
-    bytes: Cell<usize>,
-    abort: Cell<Option<Abort>>,
-}
-
-impl<'de> Deserialize<'de> for Walked {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let tally = Tally::default();
-        let walked = Node {
-            tally: &tally,
-            depth: 0,
-        }
-        .deserialize(d);
-        if let Some(a) = tally.abort.get() {
-            WALK_ABORT.with(|c| c.set(Some(a)));
-        }
-        walked.map(|()| Walked)
-    }
-}
-
-/// One value of the walk, `depth` collections deep.
-#[derive(Clone, Copy)]
-struct Node<'t> {
-    tally: &'t Tally,
-    depth: usize,
-}
-
-impl Node<'_> {
-    fn count<E: serde::de::Error>(self, bytes: usize) -> Result<(), E> {
-        let t = self.tally;
-        t.values.set(t.values.get() + 1);
-        t.bytes.set(t.bytes.get().saturating_add(bytes));
-        if t.values.get() > MAX_VALUES || t.bytes.get() > MAX_EXPANDED_BYTES {
-            return Err(self.abort(Abort::TooLarge));
-        }
-        Ok(())
-    }
-
-    fn abort<E: serde::de::Error>(self, why: Abort) -> E {
-        self.tally.abort.set(Some(why));
-        E::custom("property list limit exceeded")
-    }
-
-    fn enter<E: serde::de::Error>(self) -> Result<Self, E> {
-        self.count(0)?;
-        if self.depth >= MAX_DEPTH {
-            return Err(self.abort(Abort::TooDeep));
-        }
-        Ok(Self {
-            tally: self.tally,
-            depth: self.depth + 1,
-        })
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Node<'_> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Node<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a property list value")
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
-        self.count(0)
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
-        self.count(0)
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
-        self.count(0)
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
-        self.count(0)
-    }
-
-    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<(), E> {
-        self.count(s.len())
-    }
-
-    fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<(), E> {
-        self.count(b.len())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let inner = self.enter()?;
-        while seq.next_element_seed(inner)?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let inner = self.enter()?;
-        while map.next_key_seed(inner)?.is_some() {
-            map.next_value_seed(inner)?;
-        }
-        Ok(())
-    }
+/// Parse the property list with the one bounded decoder ([`super::bounded_plist`]).
+fn parse_plist(bytes: &[u8], limits: &PlistLimits) -> Result<(Value, PlistFormat), InvalidProfile> {
+    bounded_plist::decode_with_format(bytes, limits).map_err(|e| match e {
+        PlistError::Syntax { format, detail } => InvalidProfile::Plist {
+            format: match format {
+                PlistFormat::Xml => "XML",
+                PlistFormat::Binary => "binary",
+            },
+            detail,
+        },
+        limit => InvalidProfile::Limit(limit),
+    })
 }
 
 fn kind(v: &Value) -> &'static str {

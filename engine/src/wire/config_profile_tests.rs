@@ -3,6 +3,7 @@ use crate::ca::CertificateAuthority;
 use crate::wire::cms::{self, SignatureStyle};
 use crate::wire::mobileconfig::sign_profile;
 use proptest::prelude::*;
+use std::io::Cursor;
 
 const WIFI: &[u8] = include_bytes!("../../tests/fixtures/profiles/wifi.mobileconfig");
 const WIFI_SIGNED: &[u8] = include_bytes!("../../tests/fixtures/profiles/wifi-signed.mobileconfig");
@@ -427,32 +428,17 @@ fn deep_nesting_is_refused_before_building() {
     doc.push_str(&"<array>".repeat(depth));
     doc.push_str(&"</array>".repeat(depth));
     doc.push_str("</plist>");
-    assert_eq!(err(doc.as_bytes()), InvalidProfile::TooDeep);
+    assert_eq!(
+        err(doc.as_bytes()),
+        InvalidProfile::Limit(PlistError::TooDeep { max: 64 })
+    );
+    assert_eq!(
+        err(doc.as_bytes()).to_string(),
+        "plist nesting deeper than 64"
+    );
 }
 
-/// A binary plist of `levels` arrays, each holding the next one twice: tiny on disk, 2^levels
-/// leaves when expanded.
-fn shared_object_bomb(levels: usize) -> Vec<u8> {
-    let mut out = b"bplist00".to_vec();
-    let mut offsets = Vec::new();
-    for i in 0..levels {
-        offsets.push(out.len());
-        let next = u8::try_from(i + 1).unwrap();
-        out.extend([0xa2, next, next]);
-    }
-    offsets.push(out.len());
-    out.extend([0x51, b'x']);
-    let table = out.len();
-    for o in &offsets {
-        out.extend(u16::try_from(*o).unwrap().to_be_bytes());
-    }
-    out.extend([0; 6]);
-    out.extend([2, 1]);
-    out.extend((offsets.len() as u64).to_be_bytes());
-    out.extend(0u64.to_be_bytes());
-    out.extend((table as u64).to_be_bytes());
-    out
-}
+use crate::wire::bounded_plist::bombs::shared_references as shared_object_bomb;
 
 #[test]
 fn shared_object_expansion_is_refused() {
@@ -466,7 +452,18 @@ fn shared_object_expansion_is_refused() {
         InvalidProfile::NotDictionary("an array"),
         "a small one is parsed"
     );
-    assert_eq!(err(&shared_object_bomb(40)), InvalidProfile::TooLarge);
+    assert_eq!(
+        err(&shared_object_bomb(40)),
+        InvalidProfile::Limit(PlistError::TooManyValues { max: 500_000 })
+    );
+    let tight = PlistLimits {
+        max_values: 5,
+        ..PlistLimits::default()
+    };
+    assert_eq!(
+        validate_with(&small, &tight),
+        Err(InvalidProfile::Limit(PlistError::TooManyValues { max: 5 }))
+    );
 }
 
 #[test]

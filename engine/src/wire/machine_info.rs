@@ -101,7 +101,7 @@ impl MachineInfo {
     }
 
     fn from_plist(bytes: &[u8]) -> Result<Self, MachineInfoError> {
-        let v = Value::from_reader(std::io::Cursor::new(bytes))
+        let v = super::bounded_plist::decode(bytes, &super::bounded_plist::PlistLimits::default())
             .map_err(|e| MachineInfoError::NotPlist(e.to_string()))?;
         let d = v
             .as_dictionary()

@@ -5,6 +5,7 @@
 //! exhaustively testable with fixtures.
 
 pub mod apns;
+pub mod bounded_plist;
 pub mod checkin;
 pub mod client_cert;
 pub mod cms;

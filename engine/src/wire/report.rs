@@ -3,6 +3,7 @@
 use plist::Value;
 use serde::{Deserialize, Serialize};
 
+use super::bounded_plist::PlistLimits;
 use super::checkin::{Fields, MessageError, parse_dictionary};
 use super::enrollment_id::{Channel, Identifiers};
 
@@ -83,9 +84,14 @@ pub struct CommandReport {
 }
 
 impl CommandReport {
-    /// Parse a report body (XML or binary plist).
+    /// Parse a report body (XML or binary plist) within the default [`PlistLimits`].
     pub fn parse(body: &[u8]) -> Result<Self, MessageError> {
-        let dict = parse_dictionary(body)?;
+        Self::parse_with(body, &PlistLimits::default())
+    }
+
+    /// Parse a report body (XML or binary plist) within `limits`.
+    pub fn parse_with(body: &[u8], limits: &PlistLimits) -> Result<Self, MessageError> {
+        let dict = parse_dictionary(body, limits)?;
         let f = Fields {
             message: "command report",
             dict: &dict,

@@ -242,5 +242,5 @@ pub(crate) async fn get(
         .command(&uuid)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no command {uuid}")))?;
-    Ok(Json(command_json(&c)))
+    Ok(Json(command_json(&c, &inner.http.plist_limits)))
 }

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::store::{CommandRecord, DeviceFacts, Enrollment, PushInfo, Timestamp};
+use crate::wire::bounded_plist::{self, PlistLimits};
 use crate::wire::enrollment_id::{ChannelKind, EnrollmentId};
 
 /// An enrollment as the API shows it.
@@ -56,25 +57,27 @@ impl From<Enrollment> for EnrollmentView {
     }
 }
 
-/// A command with its targets and their results converted to JSON.
-pub fn command_json(c: &CommandRecord) -> serde_json::Value {
+/// A command with its targets and their results converted to JSON. The stored plists are
+/// decoded again within `limits` (the ones they were accepted with); one that does not fit shows
+/// as `null`.
+pub fn command_json(c: &CommandRecord, limits: &PlistLimits) -> serde_json::Value {
+    let to_json = |raw: &[u8]| {
+        bounded_plist::decode(raw, limits)
+            .map(|p| crate::wire::plist_json::plist_to_json(&p))
+            .unwrap_or(serde_json::Value::Null)
+    };
     let targets: Vec<_> = c
         .targets
         .iter()
         .map(|t| {
             let mut v = serde_json::to_value(t).expect("records serialize");
             if let Some(raw) = &t.result {
-                let result = plist::Value::from_reader(std::io::Cursor::new(raw))
-                    .map(|p| crate::wire::plist_json::plist_to_json(&p))
-                    .unwrap_or(serde_json::Value::Null);
-                v["result"] = result;
+                v["result"] = to_json(raw);
             }
             v
         })
         .collect();
-    let command = plist::Value::from_reader(std::io::Cursor::new(&c.raw))
-        .map(|p| crate::wire::plist_json::plist_to_json(&p))
-        .unwrap_or(serde_json::Value::Null);
+    let command = to_json(&c.raw);
     serde_json::json!({
         "command_uuid": c.uuid,
         "request_type": c.request_type,
