@@ -486,3 +486,54 @@ impl DepService {
         self.assign_due(server).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb::RedbStore;
+
+    fn token() -> OAuthToken {
+        OAuthToken {
+            consumer_key: "CK_A".into(),
+            consumer_secret: "CS".into(),
+            access_token: "AT".into(),
+            access_secret: "AS".into(),
+            access_token_expiry: "2099-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn sealed_server_keys_are_bound_to_their_server() {
+        let store = Arc::new(RedbStore::in_memory().unwrap());
+        let outbox = Outbox::new(store.clone(), 16);
+        let dep = DepService::new(
+            store.clone(),
+            SealKey::generate(),
+            outbox,
+            DepOptions::new("https://mdm.example"),
+        );
+        let a = dep.create_server("a").await.unwrap();
+        dep.create_server("b").await.unwrap();
+        // Someone with write access to the database copies A's key pair into B.
+        let mut b = store.dep_server("b").await.unwrap().unwrap();
+        b.current_keys = a.current_keys.clone();
+        store.put_dep_server(&b).await.unwrap();
+        let cert = openssl::x509::X509::from_pem(a.current_keys.unwrap().cert_pem.as_bytes())
+            .unwrap();
+        let p7m = dep::encrypt_token(&token(), &cert).unwrap();
+        assert!(dep.upload_token("a", &p7m, false).await.is_ok());
+        let copied = dep.upload_token("b", &p7m, false).await;
+        assert!(
+            matches!(copied, Err(DepServiceError::Seal(_))),
+            "A's key opened in B's record: {copied:?}"
+        );
+        // The same for the token: A's sealed token copied into B does not open as B's.
+        let a = store.dep_server("a").await.unwrap().unwrap();
+        let mut b = store.dep_server("b").await.unwrap().unwrap();
+        b.token_sealed = a.token_sealed.clone();
+        b.consumer_key = a.consumer_key.clone();
+        store.put_dep_server(&b).await.unwrap();
+        assert!(dep.client(&a).is_ok());
+        assert!(matches!(dep.client(&b), Err(DepServiceError::Seal(_))));
+    }
+}

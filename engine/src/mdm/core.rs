@@ -227,3 +227,7 @@ impl MdmService for Core {
         Ok(ReportResponse { outcome, next })
     }
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

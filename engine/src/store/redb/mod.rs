@@ -219,6 +219,9 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 #[cfg(test)]
+mod sealing_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
