@@ -1,9 +1,11 @@
 //! Secrets in command payloads, command results and library profiles are sealed at rest.
 
 use super::*;
+use crate::seal::context;
 use crate::store::conformance::enroll;
 use crate::store::{
-    NextCommand, ProfileMeta, ProfileStore, QueueStore, ReportRecord, StoredProfile,
+    BootstrapStore, EnrollmentStore, NextCommand, ProfileMeta, ProfileStore, QueueStore,
+    ReportRecord, StoredProfile,
 };
 use crate::wire::command::Command;
 use crate::wire::config_profile::{PlistFormat, ProfileInfo};
@@ -69,7 +71,10 @@ async fn write_secrets(store: &RedbStore) -> crate::wire::enrollment_id::Channel
         .await
         .unwrap()
         .unwrap();
-    assert!(contains(&queued.raw, PASSWORD), "the device gets the plaintext");
+    assert!(
+        contains(&queued.raw, PASSWORD),
+        "the device gets the plaintext"
+    );
     let report = ReportRecord {
         command_uuid: "C-SEAL".into(),
         status: Status::Acknowledged,
@@ -97,7 +102,7 @@ async fn assert_plaintext_through_the_api(store: &RedbStore) {
 async fn secrets_never_reach_the_file_in_the_clear() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.redb");
-    let store = RedbStore::open(&path).unwrap();
+    let store = RedbStore::open(&path, &SealKey::generate()).unwrap();
     write_secrets(&store).await;
     let file = std::fs::read(&path).unwrap();
     for secret in [PASSWORD, RESULT_SECRET, PSK] {
@@ -107,4 +112,141 @@ async fn secrets_never_reach_the_file_in_the_clear() {
         );
     }
     assert_plaintext_through_the_api(&store).await;
+}
+
+/// Reopen `path` once the previous store's writer thread has let go of it.
+async fn reopen(path: &std::path::Path, key: &SealKey) -> RedbStore {
+    for _ in 0..250 {
+        match RedbStore::open(path, key) {
+            Ok(s) => return s,
+            Err(StoreError::Backend(_)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopening: {e}"),
+        }
+    }
+    panic!("the database never reopened")
+}
+
+async fn raw_database(path: &std::path::Path) -> Database {
+    for _ in 0..250 {
+        if let Ok(db) = Database::create(path) {
+            return db;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the database never reopened")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_sealed_and_rebound_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.redb");
+    let key = SealKey::generate();
+    let c = {
+        let store = RedbStore::open(&path, &key).unwrap();
+        let c = write_secrets(&store).await;
+        store
+            .store_token_update(&c, &Default::default(), Some(vec![1]), (None, None), now())
+            .await
+            .unwrap();
+        c
+    };
+    // Turn it into what version 1 wrote: values in the clear, tokens sealed for a fixed purpose.
+    {
+        let db = raw_database(&path).await;
+        let txn = db.begin_write().unwrap();
+        {
+            let uuid = "C-SEAL";
+            let id = c.id.as_str();
+            let mut raw = txn.open_table(tables::COMMAND_RAW).unwrap();
+            let clear = key
+                .unseal(
+                    &context::command_raw(uuid),
+                    raw.get(uuid).unwrap().unwrap().value(),
+                )
+                .unwrap();
+            raw.insert(uuid, clear.as_slice()).unwrap();
+            let mut results = txn.open_table(tables::RESULTS).unwrap();
+            let clear = key
+                .unseal(
+                    &context::command_result(uuid, id),
+                    results.get((uuid, id)).unwrap().unwrap().value(),
+                )
+                .unwrap();
+            results.insert((uuid, id), clear.as_slice()).unwrap();
+            let mut profiles = txn.open_table(tables::PROFILE_BYTES).unwrap();
+            let clear = key
+                .unseal(
+                    &context::profile_bytes("wifi"),
+                    profiles.get("wifi").unwrap().unwrap().value(),
+                )
+                .unwrap();
+            profiles.insert("wifi", clear.as_slice()).unwrap();
+            txn.open_table(tables::BOOTSTRAP)
+                .unwrap()
+                .insert(
+                    id,
+                    key.seal("bootstrap-token", b"legacy-bootstrap").as_slice(),
+                )
+                .unwrap();
+            let mut enrollments = txn.open_table(tables::ENROLLMENTS).unwrap();
+            let mut e: crate::store::Enrollment =
+                decode("e", enrollments.get(id).unwrap().unwrap().value()).unwrap();
+            e.unlock_token_sealed = Some(key.seal("unlock-token", b"legacy-unlock"));
+            enrollments.insert(id, encode(&e).as_slice()).unwrap();
+            txn.open_table(tables::META)
+                .unwrap()
+                .insert("schema_version", 1)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    assert!(contains(&std::fs::read(&path).unwrap(), PASSWORD));
+
+    let store = reopen(&path, &key).await;
+    assert_plaintext_through_the_api(&store).await;
+    let bootstrap = store.bootstrap_token(&c.id).await.unwrap().unwrap();
+    assert_eq!(
+        key.unseal(&context::bootstrap_token(c.id.as_str()), &bootstrap)
+            .unwrap(),
+        b"legacy-bootstrap"
+    );
+    assert!(key.unseal("bootstrap-token", &bootstrap).is_err());
+    let e = store.enrollment(&c.id).await.unwrap().unwrap();
+    assert_eq!(
+        key.unseal(
+            &context::unlock_token(c.id.as_str()),
+            e.unlock_token_sealed.as_deref().unwrap()
+        )
+        .unwrap(),
+        b"legacy-unlock"
+    );
+    store
+        .read(|txn| {
+            let raw = txn.open_table(tables::COMMAND_RAW).map_err(backend)?;
+            assert!(crate::seal::is_sealed(
+                raw.get("C-SEAL").map_err(backend)?.unwrap().value()
+            ));
+            let p = txn.open_table(tables::PROFILE_BYTES).map_err(backend)?;
+            assert!(crate::seal::is_sealed(
+                p.get("wifi").map_err(backend)?.unwrap().value()
+            ));
+            Ok(())
+        })
+        .unwrap();
+    let file = std::fs::read(&path).unwrap();
+    for secret in [PASSWORD, RESULT_SECRET, PSK] {
+        assert!(
+            !contains(&file, secret),
+            "{secret:?} is still in the database file after the migration"
+        );
+    }
+    // Opened with another key, the sealed values are refused rather than returned.
+    drop(store);
+    let wrong = reopen(&path, &SealKey::generate()).await;
+    assert!(matches!(
+        wrong.command("C-SEAL").await,
+        Err(StoreError::Corrupt { .. })
+    ));
 }
