@@ -13,6 +13,7 @@ mod misc;
 mod plugins;
 mod profiles;
 mod queue;
+mod scep;
 mod sealed;
 mod tables;
 mod webhooks;
