@@ -54,6 +54,16 @@ pub mod context {
         format!("profile_bytes:{name}")
     }
 
+    /// A team's JSON record (store table `teams`: its setup steps can hold passwords).
+    pub fn team(name: &str) -> String {
+        format!("teams:{name}")
+    }
+
+    /// An enrollment's setup JSON record (store table `setups`: its steps copy the team's).
+    pub fn setup(enrollment_id: &str) -> String {
+        format!("setups:{enrollment_id}")
+    }
+
     /// Purposes used before values were bound to their record (schema version 1); only the
     /// migration to schema version 2 opens values with them.
     pub mod legacy {

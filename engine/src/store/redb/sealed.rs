@@ -1,13 +1,15 @@
 //! Values the redb store seals at rest, and the migration that sealed (or re-bound) the values
 //! of schema version 1.
 //!
-//! The store seals `command_raw`, `results` and `profile_bytes` itself, each value bound to its
-//! table and key ([`crate::seal::context`]). Tokens and DEP keys arrive sealed by their services;
+//! The store seals `command_raw`, `results`, `profile_bytes`, `teams` and `setups` itself, each
+//! value bound to its table and key ([`crate::seal::context`]). Tokens and DEP keys arrive sealed by their services;
 //! the migration only re-binds them from the fixed purpose of version 1 to their record.
 
 use ::redb::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::tables::{BOOTSTRAP, COMMAND_RAW, DEP_SERVERS, ENROLLMENTS, PROFILE_BYTES, RESULTS};
+use super::tables::{
+    BOOTSTRAP, COMMAND_RAW, DEP_SERVERS, ENROLLMENTS, PROFILE_BYTES, RESULTS, SETUPS, TEAMS,
+};
 use super::{RedbStore, backend, decode, encode};
 use crate::seal::{SealKey, context, is_sealed};
 use crate::store::{DepServer, Enrollment, StoreError, StoreResult};
@@ -22,6 +24,21 @@ impl RedbStore {
     pub(super) fn open_value(&self, what: &str, ctx: &str, sealed: &[u8]) -> StoreResult<Vec<u8>> {
         open_with(&self.seal, what, ctx, sealed)
     }
+}
+
+/// Encode a JSON record and seal it for `ctx`.
+pub(super) fn seal_json<T: serde::Serialize>(seal: &SealKey, ctx: &str, value: &T) -> Vec<u8> {
+    seal.seal(ctx, &encode(value))
+}
+
+/// Open a JSON record sealed with [`seal_json`] and decode it; `what` names it in errors.
+pub(super) fn open_json<T: serde::de::DeserializeOwned>(
+    seal: &SealKey,
+    what: &str,
+    ctx: &str,
+    sealed: &[u8],
+) -> StoreResult<T> {
+    decode(what, &open_with(seal, what, ctx, sealed)?)
 }
 
 fn open_with(seal: &SealKey, what: &str, ctx: &str, sealed: &[u8]) -> StoreResult<Vec<u8>> {
@@ -71,6 +88,8 @@ pub(super) fn migrate_1_to_2(txn: &WriteTransaction, seal: &SealKey) -> StoreRes
     use crate::seal::context::legacy;
     seal_str_table(txn, COMMAND_RAW, seal, context::command_raw)?;
     seal_str_table(txn, PROFILE_BYTES, seal, context::profile_bytes)?;
+    seal_str_table(txn, TEAMS, seal, context::team)?;
+    seal_str_table(txn, SETUPS, seal, context::setup)?;
     {
         let mut t = txn.open_table(RESULTS).map_err(backend)?;
         let mut clear = Vec::new();

@@ -4,8 +4,9 @@ use super::*;
 use crate::seal::context;
 use crate::store::conformance::enroll;
 use crate::store::{
-    BootstrapStore, EnrollmentStore, NextCommand, ProfileMeta, ProfileStore, QueueStore,
-    ReportRecord, StoredProfile,
+    BootstrapStore, DeviceStore, EnrollmentStore, LifecycleWrite, NextCommand, ProfileMeta,
+    ProfileStore, QueueStore, ReportRecord, SetupRecord, SetupStep, StepState, StoredProfile, Team,
+    TeamStore,
 };
 use crate::wire::command::Command;
 use crate::wire::config_profile::{PlistFormat, ProfileInfo};
@@ -14,6 +15,8 @@ use crate::wire::report::Status;
 const PASSWORD: &str = "account-password-hunter2-7f3a";
 const RESULT_SECRET: &str = "bypass-code-XK4M-9QRT-ZZ81";
 const PSK: &str = "wifi-psk-correct-horse-battery";
+const TEAM_PASSWORD: &str = "team-admin-password-Q8vz2";
+const STEP_PSK: &str = "setup-step-psk-lantern-77";
 
 fn now() -> crate::store::Timestamp {
     time::OffsetDateTime::now_utc()
@@ -84,6 +87,35 @@ async fn write_secrets(store: &RedbStore) -> crate::wire::enrollment_id::Channel
     };
     store.record_report(&c.id, &report, now()).await.unwrap();
     store.put_profile(&profile_with_psk()).await.unwrap();
+    let team = Team {
+        name: "staff".into(),
+        enrollment_profiles: Default::default(),
+        setup_steps: serde_json::json!([{"id": "admin", "password": TEAM_PASSWORD}]),
+        release_timeout_secs: None,
+        updated_at: now(),
+    };
+    store.put_team(&team).await.unwrap();
+    let mut setup = SetupRecord::new(c.id.as_str(), "SN-SEAL-1", 1, now(), "default");
+    setup.steps.push(SetupStep {
+        id: "wifi".into(),
+        required: true,
+        action: serde_json::json!({"wifi": {"ssid": "corp", "password": STEP_PSK}}),
+        command_uuid: "C-STEP".into(),
+        queued: false,
+        status: StepState::Pending,
+        attempts: 0,
+        error: None,
+    });
+    store
+        .apply(
+            LifecycleWrite {
+                setups: vec![setup],
+                ..Default::default()
+            },
+            now(),
+        )
+        .await
+        .unwrap();
     c
 }
 
@@ -96,6 +128,11 @@ async fn assert_plaintext_through_the_api(store: &RedbStore) {
     ));
     let p = store.profile("wifi").await.unwrap().unwrap();
     assert!(contains(&p.bytes, PSK));
+    let team = store.team("staff").await.unwrap().unwrap();
+    assert!(team.setup_steps.to_string().contains(TEAM_PASSWORD));
+    let setup = store.setup_by_command("C-STEP").await.unwrap().unwrap();
+    assert!(setup.steps[0].action.to_string().contains(STEP_PSK));
+    assert_eq!(store.open_setups(10).await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +142,7 @@ async fn secrets_never_reach_the_file_in_the_clear() {
     let store = RedbStore::open(&path, &SealKey::generate()).unwrap();
     write_secrets(&store).await;
     let file = std::fs::read(&path).unwrap();
-    for secret in [PASSWORD, RESULT_SECRET, PSK] {
+    for secret in [PASSWORD, RESULT_SECRET, PSK, TEAM_PASSWORD, STEP_PSK] {
         assert!(
             !contains(&file, secret),
             "{secret:?} is stored in the clear in the database file"
@@ -183,6 +220,22 @@ async fn a_version_1_database_is_sealed_and_rebound_at_open() {
                 )
                 .unwrap();
             profiles.insert("wifi", clear.as_slice()).unwrap();
+            let mut teams = txn.open_table(tables::TEAMS).unwrap();
+            let clear = key
+                .unseal(
+                    &context::team("staff"),
+                    teams.get("staff").unwrap().unwrap().value(),
+                )
+                .unwrap();
+            teams.insert("staff", clear.as_slice()).unwrap();
+            let mut setups = txn.open_table(tables::SETUPS).unwrap();
+            let clear = key
+                .unseal(
+                    &context::setup(id),
+                    setups.get(id).unwrap().unwrap().value(),
+                )
+                .unwrap();
+            setups.insert(id, clear.as_slice()).unwrap();
             txn.open_table(tables::BOOTSTRAP)
                 .unwrap()
                 .insert(
@@ -236,7 +289,7 @@ async fn a_version_1_database_is_sealed_and_rebound_at_open() {
         })
         .unwrap();
     let file = std::fs::read(&path).unwrap();
-    for secret in [PASSWORD, RESULT_SECRET, PSK] {
+    for secret in [PASSWORD, RESULT_SECRET, PSK, TEAM_PASSWORD, STEP_PSK] {
         assert!(
             !contains(&file, secret),
             "{secret:?} is still in the database file after the migration"
