@@ -324,3 +324,54 @@ async fn cert_poll_answers_for_an_issued_transaction() {
     let unknown = poll("TX-NONE", r.signer.clone(), r.signer_key.clone()).await;
     assert_eq!(unknown.message.fail_info, Some(FailInfo::BadCertId));
 }
+
+#[tokio::test]
+async fn a_retried_renewal_gets_its_certificate_again() {
+    let s = setup(None);
+    // The current identity the device renews with.
+    let identity_key = key();
+    let public = PKey::public_key_from_der(&identity_key.public_key_to_der().unwrap()).unwrap();
+    let identity = s.ca.issue_device_cert(&public, &subject(), 30).unwrap();
+    let identity_der = identity_key.private_key_to_der().unwrap();
+    let new_key = key();
+    let new_der = new_key.private_key_to_der().unwrap();
+    let renew = |r: Requester| {
+        let csr = build_csr(&r.device_key, &subject(), None).unwrap();
+        let msg = build_request(
+            &csr,
+            MessageType::RenewalReq,
+            "TX-RENEW",
+            b"renewal-nonce-01",
+            &r.signer,
+            &r.signer_key,
+            s.ca.certificate(),
+            ContentCipher::Aes256Cbc,
+            Digest::Sha256,
+        )
+        .unwrap();
+        let service = &s.service;
+        let ca = s.ca.certificate().to_owned();
+        async move {
+            let reply = service.pki_operation(&msg).await.unwrap();
+            CertRep::parse(&reply, &ca, &r.signer, &r.signer_key).unwrap()
+        }
+    };
+    let with_identity = |device_der: &[u8]| Requester {
+        device_key: PKey::private_key_from_der(device_der).unwrap(),
+        signer_key: PKey::private_key_from_der(&identity_der).unwrap(),
+        signer: identity.clone(),
+    };
+    let first = renew(with_identity(&new_der)).await;
+    assert_eq!(first.message.pki_status.as_deref(), Some("0"));
+    let retry = renew(with_identity(&new_der)).await;
+    assert_eq!(retry.message.pki_status.as_deref(), Some("0"));
+    assert_eq!(serial(&retry), serial(&first), "the same certificate again");
+    // A stranger's self-signed signer with the same transaction and CSR key is refused.
+    let mut stranger = requester(PKey::private_key_from_der(&new_der).unwrap());
+    stranger.signer_key = key();
+    stranger.signer = self_signed_requester(&stranger.signer_key, "x").unwrap();
+    assert_eq!(
+        renew(stranger).await.message.pki_status.as_deref(),
+        Some("2")
+    );
+}
