@@ -260,11 +260,11 @@ impl EngineBuilder {
             path: config.data_dir.display().to_string(),
             source,
         })?;
-        let store = RedbStore::open(config.data_dir.join("pomona.redb"))?;
         let seal = match &config.seal.key {
             Some(hex) => SealKey::from_hex(hex)?,
             None => SealKey::load_or_create(&config.data_dir.join("seal.key"))?,
         };
+        let store = RedbStore::open(config.data_dir.join("pomona.redb"), &seal)?;
         let mut b = Self::default()
             .store(Arc::new(store))
             .seal_key(seal)

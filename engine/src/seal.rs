@@ -1,8 +1,10 @@
 //! Sealing secrets at rest (AES-256-GCM with a per-installation key).
 //!
-//! Every secret the engine stores — the CA key, bootstrap tokens, unlock tokens — is sealed with
-//! the [`SealKey`] and bound to a context string (its purpose), so a sealed blob copied into
-//! another slot does not unseal. The key is generated on first start or supplied by the operator.
+//! Every secret the engine stores — the CA key, bootstrap tokens, unlock tokens, DEP keys and
+//! tokens, command payloads and results, library profiles — is sealed with the [`SealKey`] and
+//! bound to a context string naming its purpose and its record (see [`context`]), so a sealed
+//! blob copied into another record does not unseal. The key is generated on first start or
+//! supplied by the operator.
 
 use std::fmt;
 use std::path::Path;
@@ -13,6 +15,73 @@ use openssl::symm::{Cipher, decrypt_aead, encrypt_aead};
 const MAGIC: &[u8; 3] = b"PS1";
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
+
+/// The context strings sealed values are bound to: purpose and record key.
+pub mod context {
+    /// Bootstrap token of an enrollment.
+    pub fn bootstrap_token(enrollment_id: &str) -> String {
+        format!("bootstrap-token:{enrollment_id}")
+    }
+
+    /// Unlock token of an enrollment.
+    pub fn unlock_token(enrollment_id: &str) -> String {
+        format!("unlock-token:{enrollment_id}")
+    }
+
+    /// Private key of a DEP server's key pair (current or staging).
+    pub fn dep_server_key(server: &str) -> String {
+        format!("dep-server-key:{server}")
+    }
+
+    /// OAuth token of a DEP server.
+    pub fn dep_server_token(server: &str) -> String {
+        format!("dep-server-token:{server}")
+    }
+
+    /// The raw plist of a command (store table `command_raw`).
+    pub fn command_raw(uuid: &str) -> String {
+        format!("command_raw:{uuid}")
+    }
+
+    /// One target's raw command result (store table `results`). The UUID's length keeps
+    /// `(uuid, id)` pairs apart whatever characters they hold.
+    pub fn command_result(uuid: &str, enrollment_id: &str) -> String {
+        format!("results:{}:{uuid}:{enrollment_id}", uuid.len())
+    }
+
+    /// The bytes of a library profile (store table `profile_bytes`).
+    pub fn profile_bytes(name: &str) -> String {
+        format!("profile_bytes:{name}")
+    }
+
+    /// A team's JSON record (store table `teams`: its setup steps can hold passwords).
+    pub fn team(name: &str) -> String {
+        format!("teams:{name}")
+    }
+
+    /// An enrollment's setup JSON record (store table `setups`: its steps copy the team's).
+    pub fn setup(enrollment_id: &str) -> String {
+        format!("setups:{enrollment_id}")
+    }
+
+    /// Purposes used before values were bound to their record (schema version 1); only the
+    /// migration to schema version 2 opens values with them.
+    pub mod legacy {
+        /// Bootstrap tokens.
+        pub const BOOTSTRAP_TOKEN: &str = "bootstrap-token";
+        /// Unlock tokens.
+        pub const UNLOCK_TOKEN: &str = "unlock-token";
+        /// DEP server private keys.
+        pub const DEP_SERVER_KEY: &str = "dep-server-key";
+        /// DEP server tokens.
+        pub const DEP_SERVER_TOKEN: &str = "dep-server-token";
+    }
+}
+
+/// Whether `bytes` look like a value produced by [`SealKey::seal`] (its format prefix).
+pub fn is_sealed(bytes: &[u8]) -> bool {
+    bytes.len() >= MAGIC.len() + NONCE_LEN + TAG_LEN && bytes.starts_with(MAGIC)
+}
 
 /// Errors loading a seal key or unsealing a secret.
 #[derive(Debug, thiserror::Error)]

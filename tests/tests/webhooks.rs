@@ -258,16 +258,16 @@ fn matches_filter(kind: &str) -> bool {
     kind.starts_with("command.") || kind == "enrollment.completed"
 }
 
-async fn open_store(path: &std::path::Path) -> RedbStore {
+async fn open_store(path: &std::path::Path, seal: &SealKey) -> RedbStore {
     // After a shutdown the previous writer thread may still hold the file for a moment.
     eventually("the database to reopen", 10, || async {
-        RedbStore::open(path).ok()
+        RedbStore::open(path, seal).ok()
     })
     .await
 }
 
 async fn start_on(path: &std::path::Path, seal: &SealKey) -> TestServer {
-    let store = open_store(path).await;
+    let store = open_store(path, seal).await;
     let seal = seal.clone();
     TestServer::start_with(move |b| {
         b.store(Arc::new(store))

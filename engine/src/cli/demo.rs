@@ -113,9 +113,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 path.display()
             );
         }
-        let store = pomona::store::redb::RedbStore::open(&path)
+        let seal = pomona::seal::SealKey::generate();
+        let store = pomona::store::redb::RedbStore::open(&path, &seal)
             .with_context(|| format!("opening {}", path.display()))?;
-        builder = builder.store(Arc::new(store));
+        builder = builder.store(Arc::new(store)).seal_key(seal);
     }
     let engine = builder
         .api_key(&api_key)

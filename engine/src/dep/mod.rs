@@ -20,7 +20,7 @@ use serde_json::json;
 
 use self::client::{DepClient, DepError};
 use crate::events::{Outbox, event, kind};
-use crate::seal::{SealError, SealKey};
+use crate::seal::{SealError, SealKey, context};
 use crate::store::{DepKeyPair, DepServer, DepStore, ProfileTemplate, StoreError, TokenState};
 use crate::wire::apns::ExpiryState;
 use crate::wire::dep::{self, OAuthToken, Profile};
@@ -133,9 +133,6 @@ impl std::fmt::Debug for DepService {
     }
 }
 
-const SEAL_KEY: &str = "dep-server-key";
-const SEAL_TOKEN: &str = "dep-server-token";
-
 fn now() -> crate::store::Timestamp {
     time::OffsetDateTime::now_utc()
 }
@@ -235,9 +232,10 @@ impl DepService {
         };
         Ok(DepKeyPair {
             cert_pem: String::from_utf8_lossy(&pem(cert.to_pem())?).into_owned(),
-            key_sealed: self
-                .seal
-                .seal(SEAL_KEY, &pem(key.private_key_to_pem_pkcs8())?),
+            key_sealed: self.seal.seal(
+                &context::dep_server_key(name),
+                &pem(key.private_key_to_pem_pkcs8())?,
+            ),
         })
     }
 
@@ -274,7 +272,9 @@ impl DepService {
             let cert = openssl::x509::X509::from_pem(keys.cert_pem.as_bytes())
                 .map_err(|e| DepServiceError::Invalid(e.to_string()))?;
             let key = openssl::pkey::PKey::private_key_from_pem(
-                &self.seal.unseal(SEAL_KEY, &keys.key_sealed)?,
+                &self
+                    .seal
+                    .unseal(&context::dep_server_key(name), &keys.key_sealed)?,
             )
             .map_err(|e| DepServiceError::Invalid(e.to_string()))?;
             match dep::decrypt_token(p7m, &cert, &key) {
@@ -309,7 +309,7 @@ impl DepService {
         s.token_expiry = Some(token.access_token_expiry.clone());
         s.token_state = token_state(&token.access_token_expiry);
         s.token_sealed = Some(self.seal.seal(
-            SEAL_TOKEN,
+            &context::dep_server_token(name),
             &serde_json::to_vec(&token).expect("tokens serialize"),
         ));
         if changed_account {
@@ -389,8 +389,12 @@ impl DepService {
         {
             return Ok(c.clone());
         }
-        let token: OAuthToken = serde_json::from_slice(&self.seal.unseal(SEAL_TOKEN, sealed)?)
-            .map_err(|e| DepServiceError::Invalid(format!("stored token: {e}")))?;
+        let token: OAuthToken = serde_json::from_slice(
+            &self
+                .seal
+                .unseal(&context::dep_server_token(&s.name), sealed)?,
+        )
+        .map_err(|e| DepServiceError::Invalid(format!("stored token: {e}")))?;
         let client = Arc::new(
             DepClient::new(&base, token, s.protocol_version)
                 .with_backoff(self.options.api_backoff, self.options.api_retries),
@@ -484,5 +488,57 @@ impl DepService {
             .request_assignments(server, profile, serials, now())
             .await?;
         self.assign_due(server).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb::RedbStore;
+
+    fn token() -> OAuthToken {
+        OAuthToken {
+            consumer_key: "CK_A".into(),
+            consumer_secret: "CS".into(),
+            access_token: "AT".into(),
+            access_secret: "AS".into(),
+            access_token_expiry: "2099-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn sealed_server_keys_are_bound_to_their_server() {
+        let store = Arc::new(RedbStore::in_memory().unwrap());
+        let outbox = Outbox::new(store.clone(), 16);
+        let dep = DepService::new(
+            store.clone(),
+            SealKey::generate(),
+            outbox,
+            DepOptions::new("https://mdm.example"),
+        );
+        let a = dep.create_server("a").await.unwrap();
+        dep.create_server("b").await.unwrap();
+        // Someone with write access to the database copies A's key pair into B.
+        let mut b = store.dep_server("b").await.unwrap().unwrap();
+        b.current_keys = a.current_keys.clone();
+        store.put_dep_server(&b).await.unwrap();
+        let cert =
+            openssl::x509::X509::from_pem(a.current_keys.unwrap().cert_pem.as_bytes()).unwrap();
+        let p7m = dep::encrypt_token(&token(), &cert).unwrap();
+        assert!(dep.upload_token("a", &p7m, false).await.is_ok());
+        let copied = dep.upload_token("b", &p7m, false).await;
+        assert!(
+            matches!(copied, Err(DepServiceError::Seal(_))),
+            "A's key opened in B's record: {:?}",
+            copied.map(|s| s.name)
+        );
+        // The same for the token: A's sealed token copied into B does not open as B's.
+        let a = store.dep_server("a").await.unwrap().unwrap();
+        let mut b = store.dep_server("b").await.unwrap().unwrap();
+        b.token_sealed = a.token_sealed.clone();
+        b.consumer_key = a.consumer_key.clone();
+        store.put_dep_server(&b).await.unwrap();
+        assert!(dep.client(&a).is_ok());
+        assert!(matches!(dep.client(&b), Err(DepServiceError::Seal(_))));
     }
 }

@@ -8,16 +8,11 @@ use plist::{Dictionary, Value};
 
 use super::last_seen::LastSeen;
 use super::{CheckinResponse, MdmError, MdmService, ReportResponse, Request, declarative};
-use crate::seal::SealKey;
+use crate::seal::{SealKey, context};
 use crate::store::{BootstrapStore, EnrollmentStore, NextCommand, QueueStore, ReportRecord, Store};
 use crate::wire::checkin::{CheckinBody, GetToken, to_xml};
 use crate::wire::enrollment_id::{Channel, EnrollmentId};
 use crate::wire::report::{CommandReport, Status};
-
-/// Seal context of bootstrap tokens.
-pub const SEAL_BOOTSTRAP: &str = "bootstrap-token";
-/// Seal context of unlock tokens.
-pub const SEAL_UNLOCK: &str = "unlock-token";
 
 /// What to do with `UserAuthenticate` (macOS network and mobile accounts).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -124,10 +119,10 @@ impl MdmService for Core {
                 Ok(CheckinResponse::Empty)
             }
             CheckinBody::TokenUpdate(m) => {
-                let unlock = m
-                    .unlock_token
-                    .as_ref()
-                    .map(|t| self.seal.seal(SEAL_UNLOCK, t));
+                let unlock = m.unlock_token.as_ref().map(|t| {
+                    self.seal
+                        .seal(&context::unlock_token(channel.id.as_str()), t)
+                });
                 let names = (
                     req.identifiers.user_short_name.clone(),
                     req.identifiers.user_long_name.clone(),
@@ -152,7 +147,8 @@ impl MdmService for Core {
             },
             CheckinBody::SetBootstrapToken(token) => {
                 Self::require_device_channel(req, "SetBootstrapToken")?;
-                let sealed = token.as_ref().map(|t| self.seal.seal(SEAL_BOOTSTRAP, t));
+                let ctx = context::bootstrap_token(channel.id.as_str());
+                let sealed = token.as_ref().map(|t| self.seal.seal(&ctx, t));
                 self.bootstrap
                     .store_bootstrap_token(&channel.id, sealed)
                     .await?;
@@ -162,7 +158,8 @@ impl MdmService for Core {
                 Self::require_device_channel(req, "GetBootstrapToken")?;
                 match self.bootstrap.bootstrap_token(&channel.id).await? {
                     Some(sealed) => {
-                        let token = self.seal.unseal(SEAL_BOOTSTRAP, &sealed)?;
+                        let ctx = context::bootstrap_token(channel.id.as_str());
+                        let token = self.seal.unseal(&ctx, &sealed)?;
                         let mut d = Dictionary::new();
                         d.insert("BootstrapToken".into(), Value::Data(token));
                         Ok(Self::plist(d))
@@ -227,3 +224,7 @@ impl MdmService for Core {
         Ok(ReportResponse { outcome, next })
     }
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

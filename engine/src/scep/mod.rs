@@ -5,15 +5,28 @@
 //! - `RenewalReq`: signed by a still-valid identity issued by this CA; no challenge needed. The
 //!   new certificate is linked to the old one so the check-in path accepts it as a renewal.
 //! - Every refusal is a proper CertRep with `pkiStatus` failure and a `failInfo`.
+//! - Each issued certificate is kept for the challenge lifetime under its transaction ID and
+//!   the SHA-256 of its CSR key: a retry of the transaction (the reply was lost) with the same key
+//!   and the same challenge — or, for a renewal, the same signer — gets the same certificate again
+//!   in a new CertRep; `CertPoll` (`GetCertInitial`) signed with that key gets it too.
 
 use std::sync::Arc;
+
+use openssl::x509::X509;
 
 use serde_json::json;
 
 use crate::ca::CertificateAuthority;
 use crate::events::{Outbox, event, kind};
-use crate::store::{CertHash, ChallengeStatus, ChallengeStore, IdentityStore, StoreError};
-use crate::wire::scep::{self, FailInfo, MessageType, Outcome, ScepError, ScepRequest};
+use crate::store::{
+    CertHash, ChallengeStatus, ChallengeStore, IdentityStore, ScepIssue, StoreError,
+};
+use crate::wire::scep::{
+    self, FailInfo, MessageType, Outcome, ScepError, ScepRequest, SignedMessage,
+};
+
+/// Most expired transaction records forgotten per pruning pass.
+const PRUNE_BATCH: usize = 10_000;
 
 /// Why a PKIOperation could not be answered with a CertRep at all.
 #[derive(Debug, thiserror::Error)]
@@ -106,11 +119,13 @@ impl ScepService {
         Ok(challenge)
     }
 
-    /// Forget expired one-time challenges.
+    /// Forget expired one-time challenges and expired transaction records (at most
+    /// [`PRUNE_BATCH`] of those per call). Returns how many.
     pub async fn prune_challenges(&self) -> Result<u64, StoreError> {
-        self.challenges
-            .prune_challenges(time::OffsetDateTime::now_utc())
-            .await
+        let now = time::OffsetDateTime::now_utc();
+        let challenges = self.challenges.prune_challenges(now).await?;
+        let issues = self.challenges.prune_scep_issues(now, PRUNE_BATCH).await?;
+        Ok(challenges + issues)
     }
 
     /// `PKIOperation`: answer a request with a CertRep (success or failure).
@@ -135,11 +150,12 @@ impl ScepService {
     async fn decide(
         &self,
         request: &ScepRequest,
-    ) -> Result<Result<openssl::x509::X509, (FailInfo, String)>, ScepServiceError> {
+    ) -> Result<Result<X509, (FailInfo, String)>, ScepServiceError> {
         let m = &request.message;
         let renewal = match m.message_type {
             MessageType::PkcsReq => false,
             MessageType::RenewalReq => true,
+            MessageType::CertPoll => return self.poll(m).await,
             other => {
                 return Ok(Err((
                     FailInfo::BadRequest,
@@ -154,6 +170,15 @@ impl ScepService {
             }
             Err(e) => return Ok(Err((FailInfo::BadRequest, e.to_string()))),
         };
+        let csr_key = key_sha256(
+            &csr.public_key()
+                .map_err(|e| ScepError::BadCsr(e.to_string()))?,
+        )?;
+        let challenge = if renewal {
+            None
+        } else {
+            scep::csr_challenge(&csr)
+        };
         let renewed_from = if renewal {
             if let Err(e) = self.ca.verify_device_cert(&m.signer) {
                 return Ok(Err((
@@ -161,16 +186,19 @@ impl ScepService {
                     format!("RenewalReq must be signed by a valid identity from this CA: {e}"),
                 )));
             }
+            if let Some(again) = self.retried(m, &csr_key, None).await? {
+                return Ok(Ok(again));
+            }
             Some(CertHash::of_der(
                 &m.signer
                     .to_der()
                     .map_err(|e| ScepError::Build(e.to_string()))?,
             ))
         } else {
-            match self
-                .check_challenge(scep::csr_challenge(&csr).as_deref())
-                .await?
-            {
+            if let Some(again) = self.retried(m, &csr_key, challenge.as_deref()).await? {
+                return Ok(Ok(again));
+            }
+            match self.check_challenge(challenge.as_deref()).await? {
                 Ok(()) => None,
                 Err(reason) => return Ok(Err((FailInfo::BadRequest, reason))),
             }
@@ -190,6 +218,8 @@ impl ScepService {
         if let Some(old) = &renewed_from {
             self.identity.link_renewal(old, &new_hash).await?;
         }
+        self.remember(m, csr_key, challenge.as_deref(), &issued)
+            .await?;
         let serial = issued
             .serial_number()
             .to_bn()
@@ -209,6 +239,75 @@ impl ScepService {
             tracing::warn!(%err, "could not record scep.certificate_issued");
         }
         Ok(Ok(issued))
+    }
+
+    /// The certificate already issued for this transaction, if `m` retries it: the same CSR key,
+    /// and the same challenge (a `PKCSReq`) or the same signer key (a renewal).
+    async fn retried(
+        &self,
+        m: &SignedMessage,
+        csr_key: &[u8; 32],
+        challenge: Option<&str>,
+    ) -> Result<Option<X509>, ScepServiceError> {
+        let now = time::OffsetDateTime::now_utc();
+        let signer_key = signer_key_sha256(m)?;
+        let challenge = challenge.map(|c| openssl::sha::sha256(c.as_bytes()));
+        for issue in self.challenges.scep_issues(&m.transaction_id, now).await? {
+            let same_proof = match (&issue.challenge_sha256, &challenge) {
+                (Some(stored), Some(presented)) => openssl::memcmp::eq(stored, presented),
+                (None, None) => issue.signer_key_sha256 == signer_key,
+                _ => false,
+            };
+            if issue.csr_key_sha256 == *csr_key && same_proof {
+                tracing::info!(
+                    transaction_id = %m.transaction_id,
+                    "SCEP transaction retried: sending its certificate again"
+                );
+                return Ok(Some(stored_certificate(&issue)?));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `CertPoll`: the certificate issued for this transaction to the poll's signer key.
+    async fn poll(
+        &self,
+        m: &SignedMessage,
+    ) -> Result<Result<X509, (FailInfo, String)>, ScepServiceError> {
+        let now = time::OffsetDateTime::now_utc();
+        let signer_key = signer_key_sha256(m)?;
+        for issue in self.challenges.scep_issues(&m.transaction_id, now).await? {
+            if issue.signer_key_sha256 == signer_key || issue.csr_key_sha256 == signer_key {
+                return Ok(Ok(stored_certificate(&issue)?));
+            }
+        }
+        Ok(Err((
+            FailInfo::BadCertId,
+            "no certificate was issued for this transaction and key".into(),
+        )))
+    }
+
+    /// Keep `issued` for retries of its transaction until the challenge lifetime has passed.
+    async fn remember(
+        &self,
+        m: &SignedMessage,
+        csr_key: [u8; 32],
+        challenge: Option<&str>,
+        issued: &X509,
+    ) -> Result<(), ScepServiceError> {
+        let issue = ScepIssue {
+            transaction_id: m.transaction_id.clone(),
+            csr_key_sha256: csr_key,
+            signer_key_sha256: signer_key_sha256(m)?,
+            challenge_sha256: challenge.map(|c| openssl::sha::sha256(c.as_bytes())),
+            certificate_der: issued
+                .to_der()
+                .map_err(|e| ScepError::Build(e.to_string()))?,
+            expires_at: time::OffsetDateTime::now_utc()
+                + time::Duration::seconds(i64::from(self.options.challenge_ttl_secs)),
+        };
+        self.challenges.put_scep_issue(&issue).await?;
+        Ok(())
     }
 
     async fn check_challenge(
@@ -233,6 +332,29 @@ impl ScepService {
             },
         )
     }
+}
+
+/// SHA-256 of a public key's DER SubjectPublicKeyInfo.
+fn key_sha256(key: &openssl::pkey::PKey<openssl::pkey::Public>) -> Result<[u8; 32], ScepError> {
+    let der = key
+        .public_key_to_der()
+        .map_err(|e| ScepError::Build(e.to_string()))?;
+    Ok(openssl::sha::sha256(&der))
+}
+
+fn signer_key_sha256(m: &SignedMessage) -> Result<[u8; 32], ScepError> {
+    key_sha256(
+        &m.signer
+            .public_key()
+            .map_err(|e| ScepError::Malformed(format!("signer key: {e}")))?,
+    )
+}
+
+fn stored_certificate(issue: &ScepIssue) -> Result<X509, StoreError> {
+    X509::from_der(&issue.certificate_der).map_err(|e| StoreError::Corrupt {
+        what: format!("SCEP transaction {}", issue.transaction_id),
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@ use super::*;
 use crate::ca::CaOptions;
 use crate::store::redb::RedbStore;
 use crate::wire::scep::{
-    CertRep, ContentCipher, Digest, build_csr, build_request, self_signed_requester,
+    CertRep, ContentCipher, Digest, build_cert_poll, build_csr, build_request,
+    self_signed_requester,
 };
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
@@ -177,4 +178,200 @@ async fn garbage_is_an_error_not_a_reply() {
         s.service.pki_operation(b"garbage").await,
         Err(ScepServiceError::Message(_))
     ));
+}
+
+/// One requester: its device key (in the CSR) and its throw-away signer.
+struct Requester {
+    device_key: PKey<Private>,
+    signer_key: PKey<Private>,
+    signer: X509,
+}
+
+fn requester(device_key: PKey<Private>) -> Requester {
+    let signer_key = key();
+    let signer = self_signed_requester(&signer_key, "scep-client").unwrap();
+    Requester {
+        device_key,
+        signer_key,
+        signer,
+    }
+}
+
+/// A PKCSReq for `transaction_id` from `r`.
+async fn pkcs_req(s: &Setup, r: &Requester, transaction_id: &str, challenge: &str) -> CertRep {
+    let csr = build_csr(&r.device_key, &subject(), Some(challenge)).unwrap();
+    let mut nonce = [0u8; 16];
+    openssl::rand::rand_bytes(&mut nonce).unwrap();
+    let msg = build_request(
+        &csr,
+        MessageType::PkcsReq,
+        transaction_id,
+        &nonce,
+        &r.signer,
+        &r.signer_key,
+        s.ca.certificate(),
+        ContentCipher::Aes256Cbc,
+        Digest::Sha256,
+    )
+    .unwrap();
+    let reply = s.service.pki_operation(&msg).await.unwrap();
+    let rep = CertRep::parse(&reply, s.ca.certificate(), &r.signer, &r.signer_key).unwrap();
+    assert_eq!(rep.message.recipient_nonce.as_deref(), Some(&nonce[..]));
+    rep
+}
+
+fn serial(rep: &CertRep) -> String {
+    rep.certificates[0]
+        .serial_number()
+        .to_bn()
+        .unwrap()
+        .to_hex_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_retried_transaction_gets_its_certificate_again() {
+    let s = setup(None);
+    let c = s.service.mint_challenge().await.unwrap();
+    let device_key = key();
+    let der = device_key.private_key_to_der().unwrap();
+    let first = pkcs_req(&s, &requester(device_key), "TX-RETRY", &c).await;
+    assert_eq!(first.message.pki_status.as_deref(), Some("0"));
+    // The reply was lost; the device retries with the same key and transaction, and a new
+    // signer and nonce.
+    let again = requester(PKey::private_key_from_der(&der).unwrap());
+    let retry = pkcs_req(&s, &again, "TX-RETRY", &c).await;
+    assert_eq!(
+        retry.message.pki_status.as_deref(),
+        Some("0"),
+        "the retry is refused: {:?}",
+        retry.message.fail_info
+    );
+    assert_eq!(serial(&retry), serial(&first), "the same certificate again");
+    assert_eq!(
+        retry.certificates[0].to_der().unwrap(),
+        first.certificates[0].to_der().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_retry_with_another_key_or_transaction_is_refused() {
+    let s = setup(None);
+    let c = s.service.mint_challenge().await.unwrap();
+    let device_key = key();
+    let der = device_key.private_key_to_der().unwrap();
+    let first = pkcs_req(&s, &requester(device_key), "TX-1", &c).await;
+    assert_eq!(first.message.pki_status.as_deref(), Some("0"));
+    // Someone else guesses the transaction ID, with their own key.
+    let stranger = pkcs_req(&s, &requester(key()), "TX-1", &c).await;
+    assert_eq!(stranger.message.pki_status.as_deref(), Some("2"));
+    assert_eq!(stranger.message.fail_info, Some(FailInfo::BadRequest));
+    // The same key in an unrelated transaction with the used challenge.
+    let same_key = requester(PKey::private_key_from_der(&der).unwrap());
+    let other_tx = pkcs_req(&s, &same_key, "TX-2", &c).await;
+    assert_eq!(other_tx.message.pki_status.as_deref(), Some("2"));
+    // The same transaction and key with another (wrong) challenge.
+    let wrong = pkcs_req(&s, &same_key, "TX-1", "not-the-challenge").await;
+    assert_eq!(wrong.message.pki_status.as_deref(), Some("2"));
+}
+
+#[tokio::test]
+async fn cert_poll_answers_for_an_issued_transaction() {
+    let s = setup(None);
+    let c = s.service.mint_challenge().await.unwrap();
+    let device_key = key();
+    let der = device_key.private_key_to_der().unwrap();
+    // The device signs with its own key, as Apple devices do.
+    let mut r = requester(device_key);
+    r.signer_key = PKey::private_key_from_der(&der).unwrap();
+    r.signer = self_signed_requester(&r.signer_key, "device").unwrap();
+    let first = pkcs_req(&s, &r, "TX-POLL", &c).await;
+    assert_eq!(first.message.pki_status.as_deref(), Some("0"));
+    let poll = |tx: &'static str, signer: X509, signer_key: PKey<Private>| {
+        let msg = build_cert_poll(
+            &subject(),
+            tx,
+            b"poll-nonce-01234",
+            &signer,
+            &signer_key,
+            s.ca.certificate(),
+            ContentCipher::Aes256Cbc,
+            Digest::Sha256,
+        )
+        .unwrap();
+        let service = &s.service;
+        let ca = s.ca.certificate().to_owned();
+        async move {
+            let reply = service.pki_operation(&msg).await.unwrap();
+            CertRep::parse(&reply, &ca, &signer, &signer_key).unwrap()
+        }
+    };
+    let got = poll("TX-POLL", r.signer.clone(), r.signer_key.clone()).await;
+    assert_eq!(
+        got.message.pki_status.as_deref(),
+        Some("0"),
+        "CertPoll refused: {:?}",
+        got.message.fail_info
+    );
+    assert_eq!(serial(&got), serial(&first));
+    // Another key polling the same transaction, or an unknown transaction, gets badCertId.
+    let other_key = key();
+    let other = self_signed_requester(&other_key, "x").unwrap();
+    let stranger = poll("TX-POLL", other, other_key).await;
+    assert_eq!(stranger.message.pki_status.as_deref(), Some("2"));
+    assert_eq!(stranger.message.fail_info, Some(FailInfo::BadCertId));
+    let unknown = poll("TX-NONE", r.signer.clone(), r.signer_key.clone()).await;
+    assert_eq!(unknown.message.fail_info, Some(FailInfo::BadCertId));
+}
+
+#[tokio::test]
+async fn a_retried_renewal_gets_its_certificate_again() {
+    let s = setup(None);
+    // The current identity the device renews with.
+    let identity_key = key();
+    let public = PKey::public_key_from_der(&identity_key.public_key_to_der().unwrap()).unwrap();
+    let identity = s.ca.issue_device_cert(&public, &subject(), 30).unwrap();
+    let identity_der = identity_key.private_key_to_der().unwrap();
+    let new_key = key();
+    let new_der = new_key.private_key_to_der().unwrap();
+    let renew = |r: Requester| {
+        let csr = build_csr(&r.device_key, &subject(), None).unwrap();
+        let msg = build_request(
+            &csr,
+            MessageType::RenewalReq,
+            "TX-RENEW",
+            b"renewal-nonce-01",
+            &r.signer,
+            &r.signer_key,
+            s.ca.certificate(),
+            ContentCipher::Aes256Cbc,
+            Digest::Sha256,
+        )
+        .unwrap();
+        let service = &s.service;
+        let ca = s.ca.certificate().to_owned();
+        async move {
+            let reply = service.pki_operation(&msg).await.unwrap();
+            CertRep::parse(&reply, &ca, &r.signer, &r.signer_key).unwrap()
+        }
+    };
+    let with_identity = |device_der: &[u8]| Requester {
+        device_key: PKey::private_key_from_der(device_der).unwrap(),
+        signer_key: PKey::private_key_from_der(&identity_der).unwrap(),
+        signer: identity.clone(),
+    };
+    let first = renew(with_identity(&new_der)).await;
+    assert_eq!(first.message.pki_status.as_deref(), Some("0"));
+    let retry = renew(with_identity(&new_der)).await;
+    assert_eq!(retry.message.pki_status.as_deref(), Some("0"));
+    assert_eq!(serial(&retry), serial(&first), "the same certificate again");
+    // A stranger's self-signed signer with the same transaction and CSR key is refused.
+    let mut stranger = requester(PKey::private_key_from_der(&new_der).unwrap());
+    stranger.signer_key = key();
+    stranger.signer = self_signed_requester(&stranger.signer_key, "x").unwrap();
+    assert_eq!(
+        renew(stranger).await.message.pki_status.as_deref(),
+        Some("2")
+    );
 }

@@ -103,6 +103,7 @@ pub async fn run_all<S: Store>(store: &S) {
     events_bootstrap_secrets(store).await;
     listing(store).await;
     challenges(store).await;
+    scep_transactions(store).await;
     machine_info(store).await;
     webhooks::webhooks(store).await;
     profile_library(store).await;
@@ -312,6 +313,79 @@ async fn challenges<S: Store>(store: &S) {
     assert_eq!(
         store.consume_challenge("stale", now()).await.unwrap(),
         ChallengeStatus::Unknown
+    );
+}
+
+async fn scep_transactions<S: Store>(store: &S) {
+    let issue = |tx: &str, key: u8, cert: &[u8], expires_at| ScepIssue {
+        transaction_id: tx.into(),
+        csr_key_sha256: [key; 32],
+        signer_key_sha256: [key; 32],
+        challenge_sha256: Some([9; 32]),
+        certificate_der: cert.to_vec(),
+        expires_at,
+    };
+    let later = now() + Duration::hours(1);
+    assert!(store.scep_issues("TX", now()).await.unwrap().is_empty());
+    store
+        .put_scep_issue(&issue("TX", 1, b"c1", later))
+        .await
+        .unwrap();
+    store
+        .put_scep_issue(&issue("TX", 2, b"c2", later))
+        .await
+        .unwrap();
+    store
+        .put_scep_issue(&issue("TX-other", 1, b"c3", later))
+        .await
+        .unwrap();
+    // A prefix of another transaction ID is another transaction.
+    store
+        .put_scep_issue(&issue("T", 1, b"c4", later))
+        .await
+        .unwrap();
+    let mut got = store.scep_issues("TX", now()).await.unwrap();
+    got.sort_by_key(|i| i.csr_key_sha256);
+    assert_eq!(
+        got,
+        vec![issue("TX", 1, b"c1", later), issue("TX", 2, b"c2", later)]
+    );
+    // Replacing keeps one record per (transaction, key).
+    let sooner = now() + Duration::minutes(5);
+    store
+        .put_scep_issue(&issue("TX", 1, b"c1b", sooner))
+        .await
+        .unwrap();
+    assert_eq!(store.scep_issues("TX", now()).await.unwrap().len(), 2);
+    store
+        .put_scep_issue(&issue("TX-stale", 1, b"c5", now() - Duration::seconds(1)))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .scep_issues("TX-stale", now())
+            .await
+            .unwrap()
+            .is_empty(),
+        "expired records are not returned"
+    );
+    assert_eq!(store.prune_scep_issues(now(), 100).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .prune_scep_issues(now() + Duration::minutes(10), 100)
+            .await
+            .unwrap(),
+        1,
+        "the replaced record expires on its new date"
+    );
+    assert_eq!(store.scep_issues("TX", now()).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .prune_scep_issues(now() + Duration::hours(2), 2)
+            .await
+            .unwrap(),
+        2,
+        "pruning stops at the limit"
     );
 }
 

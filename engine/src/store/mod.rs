@@ -236,9 +236,46 @@ pub enum ChallengeStatus {
     AlreadyUsed,
 }
 
-/// One-time SCEP challenges (stored as hashes, never in clear).
+/// A certificate issued for a SCEP transaction, kept until `expires_at` so a retry of the
+/// transaction (its reply was lost) gets the same certificate again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScepIssue {
+    /// The `transactionID`.
+    pub transaction_id: String,
+    /// SHA-256 of the CSR's public key (DER SubjectPublicKeyInfo).
+    pub csr_key_sha256: [u8; 32],
+    /// SHA-256 of the request signer's public key.
+    pub signer_key_sha256: [u8; 32],
+    /// SHA-256 of the challenge the request carried (`None` for a renewal).
+    pub challenge_sha256: Option<[u8; 32]>,
+    /// The issued certificate, DER.
+    pub certificate_der: Vec<u8>,
+    /// When the record may be forgotten.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: Timestamp,
+}
+
+/// Certificates issued per SCEP transaction (for retries and `CertPoll`).
 #[async_trait]
-pub trait ChallengeStore: Send + Sync {
+pub trait ScepTransactionStore: Send + Sync {
+    /// Remember (or replace) the certificate issued for `(transaction_id, csr_key_sha256)`.
+    async fn put_scep_issue(&self, issue: &ScepIssue) -> StoreResult<()>;
+
+    /// The unexpired certificates issued for a transaction (at most a few; one per CSR key).
+    async fn scep_issues(
+        &self,
+        transaction_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<ScepIssue>>;
+
+    /// Forget at most `limit` records that expired before `before`. Returns how many.
+    async fn prune_scep_issues(&self, before: Timestamp, limit: usize) -> StoreResult<u64>;
+}
+
+/// One-time SCEP challenges (stored as hashes, never in clear), and the certificates issued
+/// per transaction.
+#[async_trait]
+pub trait ChallengeStore: ScepTransactionStore + Send + Sync {
     /// Remember a challenge until `expires_at`.
     async fn put_challenge(&self, challenge: &str, expires_at: Timestamp) -> StoreResult<()>;
 

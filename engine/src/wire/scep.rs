@@ -697,6 +697,39 @@ pub fn build_request(
     sign_with_attributes(Some(&env), extra, signer_cert, signer_key, digest)
 }
 
+/// Client side: a `CertPoll` (`GetCertInitial`) for `transaction_id`, asking about the
+/// certificate `ca_cert`'s issuer was asked to issue for `subject`; signed and encrypted like
+/// [`build_request`].
+#[allow(clippy::too_many_arguments)]
+pub fn build_cert_poll(
+    subject: &openssl::x509::X509NameRef,
+    transaction_id: &str,
+    sender_nonce: &[u8],
+    signer_cert: &X509Ref,
+    signer_key: &PKeyRef<Private>,
+    ca_cert: &X509Ref,
+    cipher: ContentCipher,
+    digest: Digest,
+) -> Result<Vec<u8>, ScepError> {
+    let issuer_and_subject = der::constructed(
+        der::SEQUENCE,
+        &[
+            &ca_cert.subject_name().to_der().map_err(build_err)?,
+            &subject.to_der().map_err(build_err)?,
+        ],
+    );
+    let env = envelope(&issuer_and_subject, ca_cert, cipher)?;
+    let extra = vec![
+        attribute(
+            OID_MESSAGE_TYPE,
+            printable(&MessageType::CertPoll.code().to_string()),
+        ),
+        attribute(OID_TRANSACTION_ID, printable(transaction_id)),
+        attribute(OID_SENDER_NONCE, der::tlv(der::OCTET_STRING, sender_nonce)),
+    ];
+    sign_with_attributes(Some(&env), extra, signer_cert, signer_key, digest)
+}
+
 /// Client side: a decoded CertRep.
 #[derive(Debug)]
 pub struct CertRep {

@@ -25,13 +25,15 @@ async fn main() -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&data_dir)?;
 
-    // Assemble the engine in code: a durable store, a sealing key kept next to it, the URL
+    // Assemble the engine in code: a durable store sealed with a key kept next to it, the URL
     // devices will use, and an admin API key.
+    let seal = pomona::seal::SealKey::load_or_create(&data_dir.join("seal.key"))?;
     let engine = Engine::builder()
-        .store(Arc::new(RedbStore::open(data_dir.join("pomona.redb"))?))
-        .seal_key(pomona::seal::SealKey::load_or_create(
-            &data_dir.join("seal.key"),
-        )?)
+        .store(Arc::new(RedbStore::open(
+            data_dir.join("pomona.redb"),
+            &seal,
+        )?))
+        .seal_key(seal)
         .public_url(format!("http://{addr}"))
         .api_key("example-admin-key-change-me")
         .build()

@@ -38,7 +38,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let dir = tempfile::tempdir()?;
-        let store = Arc::new(RedbStore::open(dir.path().join("load.redb"))?);
+        let seal = pomona::seal::SealKey::generate();
+        let store = Arc::new(RedbStore::open(dir.path().join("load.redb"), &seal)?);
         let pki = ApnsTestPki::new()?;
         let fake = FakeApns::start(&pki).await?;
         let apns = ApnsOptions {
@@ -53,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         };
         let server = TestServer::start_with(|b| {
             b.store(store)
+                .seal_key(seal.clone())
                 .max_queue_len(usize::MAX)
                 .apns_options(apns)
                 .scep_options(pomona::scep::ScepOptions {

@@ -9,10 +9,12 @@ use ::redb::{ReadableTable, WriteTransaction};
 use async_trait::async_trait;
 
 use super::misc::append_in;
+use super::sealed::{open_json, seal_json};
 use super::tables::{
     DEVICE_BY_ENROLLMENT, DEVICES, META, SETUP_COMMANDS, SETUP_DUE, SETUPS, TEAMS,
 };
 use super::{RedbStore, backend, decode, encode};
+use crate::seal::{SealKey, context};
 use crate::store::{
     DeviceQuery, DeviceRecord, DeviceStore, Event, LifecycleWrite, SetupRecord, SetupState,
     StoreResult, Team, TeamStore, Timestamp,
@@ -29,11 +31,12 @@ fn cursor_key(name: &str) -> String {
 #[async_trait]
 impl TeamStore for RedbStore {
     async fn put_team(&self, team: &Team) -> StoreResult<()> {
-        let team = team.clone();
+        let name = team.name.clone();
+        let sealed = seal_json(&self.seal, &context::team(&name), team);
         self.write(move |txn| {
             txn.open_table(TEAMS)
                 .map_err(backend)?
-                .insert(team.name.as_str(), encode(&team).as_slice())
+                .insert(name.as_str(), sealed.as_slice())
                 .map_err(backend)?;
             Ok(())
         })
@@ -58,7 +61,14 @@ impl TeamStore for RedbStore {
             let t = txn.open_table(TEAMS).map_err(backend)?;
             t.get(name)
                 .map_err(backend)?
-                .map(|v| decode(&format!("team {name}"), v.value()))
+                .map(|v| {
+                    open_json(
+                        &self.seal,
+                        &format!("team {name}"),
+                        &context::team(name),
+                        v.value(),
+                    )
+                })
                 .transpose()
         })
     }
@@ -69,7 +79,13 @@ impl TeamStore for RedbStore {
             let mut out = Vec::new();
             for e in t.range::<&str>(..).map_err(backend)? {
                 let (k, v) = e.map_err(backend)?;
-                out.push(decode(&format!("team {}", k.value()), v.value())?);
+                let name = k.value();
+                out.push(open_json(
+                    &self.seal,
+                    &format!("team {name}"),
+                    &context::team(name),
+                    v.value(),
+                )?);
             }
             Ok(out)
         })
@@ -100,14 +116,14 @@ fn put_device(txn: &WriteTransaction, d: &DeviceRecord) -> StoreResult<()> {
     Ok(())
 }
 
-fn put_setup(txn: &WriteTransaction, s: &SetupRecord) -> StoreResult<()> {
+fn put_setup(txn: &WriteTransaction, seal: &SealKey, s: &SetupRecord) -> StoreResult<()> {
     let mut setups = txn.open_table(SETUPS).map_err(backend)?;
     let mut commands = txn.open_table(SETUP_COMMANDS).map_err(backend)?;
     let mut due = txn.open_table(SETUP_DUE).map_err(backend)?;
     let old: Option<SetupRecord> = setups
         .get(s.enrollment_id.as_str())
         .map_err(backend)?
-        .map(|v| decode(&format!("setup {}", s.enrollment_id), v.value()))
+        .map(|v| open_setup(seal, &s.enrollment_id, v.value()))
         .transpose()?;
     if let Some(old) = &old {
         if let Some(at) = old.next_check_at {
@@ -133,10 +149,15 @@ fn put_setup(txn: &WriteTransaction, s: &SetupRecord) -> StoreResult<()> {
         due.insert((ms(at), s.enrollment_id.as_str()), ())
             .map_err(backend)?;
     }
+    let sealed = seal_json(seal, &context::setup(&s.enrollment_id), s);
     setups
-        .insert(s.enrollment_id.as_str(), encode(s).as_slice())
+        .insert(s.enrollment_id.as_str(), sealed.as_slice())
         .map_err(backend)?;
     Ok(())
+}
+
+fn open_setup(seal: &SealKey, id: &str, sealed: &[u8]) -> StoreResult<SetupRecord> {
+    open_json(seal, &format!("setup {id}"), &context::setup(id), sealed)
 }
 
 fn command_uuids(s: &SetupRecord) -> Vec<String> {
@@ -147,11 +168,15 @@ fn command_uuids(s: &SetupRecord) -> Vec<String> {
         .collect()
 }
 
-fn read_setup(txn: &::redb::ReadTransaction, id: &str) -> StoreResult<Option<SetupRecord>> {
+fn read_setup(
+    txn: &::redb::ReadTransaction,
+    seal: &SealKey,
+    id: &str,
+) -> StoreResult<Option<SetupRecord>> {
     let t = txn.open_table(SETUPS).map_err(backend)?;
     t.get(id)
         .map_err(backend)?
-        .map(|v| decode(&format!("setup {id}"), v.value()))
+        .map(|v| open_setup(seal, id, v.value()))
         .transpose()
 }
 
@@ -219,7 +244,7 @@ impl DeviceStore for RedbStore {
     }
 
     async fn setup(&self, enrollment_id: &str) -> StoreResult<Option<SetupRecord>> {
-        self.read(|txn| read_setup(txn, enrollment_id))
+        self.read(|txn| read_setup(txn, &self.seal, enrollment_id))
     }
 
     async fn setup_by_command(&self, command_uuid: &str) -> StoreResult<Option<SetupRecord>> {
@@ -229,7 +254,7 @@ impl DeviceStore for RedbStore {
                 return Ok(None);
             };
             let id = id.value().to_owned();
-            read_setup(txn, &id)
+            read_setup(txn, &self.seal, &id)
         })
     }
 
@@ -240,7 +265,7 @@ impl DeviceStore for RedbStore {
             for e in due.range(..=(ms(now), "\u{10ffff}")).map_err(backend)? {
                 let (k, _) = e.map_err(backend)?;
                 let (_, id) = k.value();
-                if let Some(s) = read_setup(txn, id)? {
+                if let Some(s) = read_setup(txn, &self.seal, id)? {
                     out.push(s);
                 }
                 if out.len() >= limit {
@@ -257,7 +282,7 @@ impl DeviceStore for RedbStore {
             let mut out = Vec::new();
             for e in t.range::<&str>(..).map_err(backend)? {
                 let (k, v) = e.map_err(backend)?;
-                let s: SetupRecord = decode(&format!("setup {}", k.value()), v.value())?;
+                let s = open_setup(&self.seal, k.value(), v.value())?;
                 let unsent = s.steps.iter().any(|st| !st.queued)
                     || (s.release_command.is_some() && !s.release_queued);
                 if unsent {
@@ -283,12 +308,13 @@ impl DeviceStore for RedbStore {
     }
 
     async fn apply(&self, write: LifecycleWrite, now: Timestamp) -> StoreResult<Vec<Event>> {
+        let seal = self.seal.clone();
         self.write(move |txn| {
             for d in &write.devices {
                 put_device(txn, d)?;
             }
             for s in &write.setups {
-                put_setup(txn, s)?;
+                put_setup(txn, &seal, s)?;
             }
             if let Some((name, seq)) = &write.cursor {
                 txn.open_table(META)

@@ -13,6 +13,8 @@ mod misc;
 mod plugins;
 mod profiles;
 mod queue;
+mod scep;
+mod sealed;
 mod tables;
 mod webhooks;
 
@@ -27,9 +29,13 @@ use ::redb::{
 use tokio::sync::oneshot;
 
 use super::{StoreError, StoreResult};
+use crate::seal::SealKey;
 
 /// The schema version this build writes. Bump it with a migration in [`migrate`].
-pub const SCHEMA_VERSION: u64 = 1;
+///
+/// Version 2 seals command payloads, command results and library profile bytes, and binds
+/// sealed tokens and DEP keys to their record ([`crate::seal::context`]).
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Most write closures committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -43,10 +49,15 @@ struct Job {
 }
 
 /// A Pomona store in a redb database.
+///
+/// Command payloads (`command_raw`), command results (`results`) and library profile bytes
+/// (`profile_bytes`) are sealed with the store's [`SealKey`], bound to their table and key; the
+/// traits see plaintext.
 #[derive(Clone)]
 pub struct RedbStore {
     db: Arc<Database>,
     writer: mpsc::Sender<Job>,
+    seal: SealKey,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -56,35 +67,44 @@ impl std::fmt::Debug for RedbStore {
 }
 
 impl RedbStore {
-    /// Open (or create) the database file at `path`, migrating it to [`SCHEMA_VERSION`].
-    pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+    /// Open (or create) the database file at `path`, migrating it to [`SCHEMA_VERSION`]. `seal`
+    /// seals secrets at rest: use the engine's seal key, the same on every open.
+    pub fn open(path: impl AsRef<Path>, seal: &SealKey) -> StoreResult<Self> {
         let db = Database::create(path.as_ref()).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot open database {}: {e}",
                 path.as_ref().display()
             ))
         })?;
-        Self::start(db, Durability::Immediate)
+        Self::start(db, Durability::Immediate, seal.clone())
     }
 
-    /// A fresh database held in memory (for tests and ephemeral embedders).
+    /// A fresh database held in memory (for tests and ephemeral embedders), sealed with a
+    /// random key that lives as long as the store.
     pub fn in_memory() -> StoreResult<Self> {
         let db = Database::builder()
             .create_with_backend(::redb::backends::InMemoryBackend::new())
             .map_err(backend)?;
-        Self::start(db, Durability::Immediate)
+        Self::start(db, Durability::Immediate, SealKey::generate())
     }
 
-    fn start(db: Database, durability: Durability) -> StoreResult<Self> {
+    fn start(mut db: Database, durability: Durability, seal: SealKey) -> StoreResult<Self> {
+        if migrate(&db, &seal)? {
+            // Drop the pages that held the values in the clear, where redb can.
+            db.compact().map_err(backend)?;
+        }
         let db = Arc::new(db);
-        migrate(&db)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_db = db.clone();
         std::thread::Builder::new()
             .name("pomona-redb-writer".into())
             .spawn(move || run_writer(&writer_db, &rx, durability))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
-        Ok(Self { db, writer: tx })
+        Ok(Self {
+            db,
+            writer: tx,
+            seal,
+        })
     }
 
     /// Run `f` in a read snapshot on the calling thread.
@@ -176,9 +196,13 @@ pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// Create tables and bring the schema up to [`SCHEMA_VERSION`].
-fn migrate(db: &Database) -> StoreResult<()> {
+/// Create tables and bring the schema up to [`SCHEMA_VERSION`]. Returns whether rows were
+/// rewritten.
+fn migrate(db: &Database, seal: &SealKey) -> StoreResult<bool> {
     let txn = db.begin_write().map_err(backend)?;
+    // New tables are additive: creating them is idempotent and needs no version bump.
+    tables::create_all(&txn)?;
+    let mut rewrote = false;
     {
         let mut meta = txn.open_table(tables::META).map_err(backend)?;
         let found = meta
@@ -193,16 +217,24 @@ fn migrate(db: &Database) -> StoreResult<()> {
                 });
             }
             Some(v) if v == SCHEMA_VERSION => {}
-            // Future versions add `Some(1) => migrate_1_to_2(&txn)?` steps here, in order.
+            Some(1) => {
+                drop(meta);
+                sealed::migrate_1_to_2(&txn, seal)?;
+                rewrote = true;
+                txn.open_table(tables::META)
+                    .map_err(backend)?
+                    .insert("schema_version", SCHEMA_VERSION)
+                    .map_err(backend)?;
+            }
+            // A new database.
             _ => {
                 meta.insert("schema_version", SCHEMA_VERSION)
                     .map_err(backend)?;
             }
         }
     }
-    // New tables are additive: creating them is idempotent and needs no version bump.
-    tables::create_all(&txn)?;
-    txn.commit().map_err(backend)
+    txn.commit().map_err(backend)?;
+    Ok(rewrote)
 }
 
 /// Decode a JSON record, naming it in the error.
@@ -219,6 +251,9 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 #[cfg(test)]
+mod sealing_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -232,15 +267,16 @@ mod tests {
     async fn data_survives_reopen_and_refuses_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.redb");
+        let key = SealKey::generate();
         {
-            let store = RedbStore::open(&path).unwrap();
+            let store = RedbStore::open(&path, &key).unwrap();
             crate::store::SecretStore::put_secret(&store, "k", b"v".to_vec())
                 .await
                 .unwrap();
         }
         // The writer thread holds a clone of the database; give it a moment to exit.
         let store = loop {
-            match RedbStore::open(&path) {
+            match RedbStore::open(&path, &key) {
                 Ok(s) => break s,
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             }
@@ -266,7 +302,7 @@ mod tests {
         txn.commit().unwrap();
         drop(db);
         let err = loop {
-            match RedbStore::open(&path) {
+            match RedbStore::open(&path, &key) {
                 Err(StoreError::SchemaTooNew { found, .. }) => break found,
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
                 Ok(_) => panic!("opened a database from the future"),

@@ -4,12 +4,14 @@ use async_trait::async_trait;
 
 use super::tables::{PROFILE_BYTES, PROFILES};
 use super::{RedbStore, backend, decode, encode};
+use crate::seal::context;
 use crate::store::{ProfileMeta, ProfileStore, StoreError, StoreResult, StoredProfile};
 
 #[async_trait]
 impl ProfileStore for RedbStore {
     async fn put_profile(&self, profile: &StoredProfile) -> StoreResult<bool> {
         let p = profile.clone();
+        let sealed = self.seal_value(&context::profile_bytes(&p.meta.name), &p.bytes);
         self.write(move |txn| {
             let name = p.meta.name.as_str();
             let replaced = txn
@@ -20,7 +22,7 @@ impl ProfileStore for RedbStore {
                 .is_some();
             txn.open_table(PROFILE_BYTES)
                 .map_err(backend)?
-                .insert(name, p.bytes.as_slice())
+                .insert(name, sealed.as_slice())
                 .map_err(backend)?;
             Ok(replaced)
         })
@@ -41,11 +43,10 @@ impl ProfileStore for RedbStore {
                 .get(name)
                 .map_err(backend)?
                 .ok_or_else(|| StoreError::Corrupt {
-                    what,
+                    what: what.clone(),
                     detail: "its bytes are missing".into(),
-                })?
-                .value()
-                .to_vec();
+                })?;
+            let bytes = self.open_value(&what, &context::profile_bytes(name), bytes.value())?;
             Ok(Some(StoredProfile { meta, bytes }))
         })
     }

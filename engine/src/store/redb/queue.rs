@@ -9,6 +9,7 @@ use super::tables::{
     next_seq,
 };
 use super::{RedbStore, backend, decode, encode};
+use crate::seal::context;
 use crate::store::{
     CommandRecord, NextCommand, QueueStore, QueuedCommand, ReportOutcome, ReportRecord, StoreError,
     StoreResult, TargetRecord, TargetState, Timestamp,
@@ -57,7 +58,12 @@ fn load_meta<T: ReadableTable<&'static str, &'static [u8]>>(
         .transpose()
 }
 
-fn queued(txn: &ReadTransaction, uuid: &str, not_now: bool) -> StoreResult<QueuedCommand> {
+fn queued(
+    store: &RedbStore,
+    txn: &ReadTransaction,
+    uuid: &str,
+    not_now: bool,
+) -> StoreResult<QueuedCommand> {
     let meta = load_meta(&txn.open_table(COMMANDS).map_err(backend)?, uuid)?;
     let raw = txn
         .open_table(COMMAND_RAW)
@@ -69,7 +75,11 @@ fn queued(txn: &ReadTransaction, uuid: &str, not_now: bool) -> StoreResult<Queue
         (Some(meta), Some(raw)) => Ok(QueuedCommand {
             uuid: uuid.to_owned(),
             request_type: meta.request_type,
-            raw,
+            raw: store.open_value(
+                &format!("command {uuid}"),
+                &context::command_raw(uuid),
+                &raw,
+            )?,
             not_now,
             enqueued_at: meta.created_at,
         }),
@@ -80,8 +90,8 @@ fn queued(txn: &ReadTransaction, uuid: &str, not_now: bool) -> StoreResult<Queue
     }
 }
 
-/// Move one target of a command to a terminal state and drop it from the queue.
-/// Returns whether that finished the command for every target.
+/// Move one target of a command to a terminal state and drop it from the queue; `result` is
+/// the sealed raw report. Returns whether that finished the command for every target.
 #[allow(clippy::too_many_arguments)]
 fn finish_target(
     txn: &WriteTransaction,
@@ -172,6 +182,7 @@ impl QueueStore for RedbStore {
         now: Timestamp,
     ) -> StoreResult<()> {
         let command = command.clone();
+        let sealed_raw = self.seal_value(&context::command_raw(&command.uuid), &command.raw);
         let mut targets = targets.to_vec();
         targets.sort();
         targets.dedup();
@@ -212,7 +223,7 @@ impl QueueStore for RedbStore {
                 .map_err(backend)?;
             txn.open_table(COMMAND_RAW)
                 .map_err(backend)?
-                .insert(uuid, command.raw.as_slice())
+                .insert(uuid, sealed_raw.as_slice())
                 .map_err(backend)?;
             let mut index = txn.open_table(QUEUE_INDEX).map_err(backend)?;
             for id in &targets {
@@ -256,7 +267,7 @@ impl QueueStore for RedbStore {
                 let uuid = v.value();
                 let flagged = not_now.get((id.as_str(), uuid)).map_err(backend)?.is_some();
                 if mode == NextCommand::AfterIdle || !flagged {
-                    return queued(txn, uuid, flagged).map(Some);
+                    return queued(self, txn, uuid, flagged).map(Some);
                 }
             }
             Ok(None)
@@ -270,6 +281,10 @@ impl QueueStore for RedbStore {
         now: Timestamp,
     ) -> StoreResult<ReportOutcome> {
         let (id, report) = (id.clone(), report.clone());
+        let sealed_result = self.seal_value(
+            &context::command_result(&report.command_uuid, id.as_str()),
+            &report.raw,
+        );
         self.write(move |txn| {
             let (eid, uuid) = (id.as_str(), report.command_uuid.as_str());
             let seq = txn
@@ -301,7 +316,7 @@ impl QueueStore for RedbStore {
                 seq,
                 state,
                 &report.error_chain,
-                Some(&report.raw),
+                Some(&sealed_result),
                 now,
             )?;
             Ok(ReportOutcome::Recorded {
@@ -347,7 +362,7 @@ impl QueueStore for RedbStore {
                         .get((id.as_str(), uuid.as_str()))
                         .map_err(backend)?
                         .is_some();
-                    queued(txn, uuid, flagged)
+                    queued(self, txn, uuid, flagged)
                 })
                 .collect()
         })
@@ -392,7 +407,14 @@ impl QueueStore for RedbStore {
                 .map_err(backend)?
                 .get(uuid)
                 .map_err(backend)?
-                .map(|v| v.value().to_vec())
+                .map(|v| {
+                    self.open_value(
+                        &format!("command {uuid}"),
+                        &context::command_raw(uuid),
+                        v.value(),
+                    )
+                })
+                .transpose()?
                 .unwrap_or_default();
             let results = txn.open_table(RESULTS).map_err(backend)?;
             let mut targets = Vec::new();
@@ -411,7 +433,14 @@ impl QueueStore for RedbStore {
                 t.result = results
                     .get((uuid, id))
                     .map_err(backend)?
-                    .map(|r| r.value().to_vec());
+                    .map(|r| {
+                        self.open_value(
+                            &format!("result {uuid}/{id}"),
+                            &context::command_result(uuid, id),
+                            r.value(),
+                        )
+                    })
+                    .transpose()?;
                 targets.push(t);
             }
             Ok(Some(CommandRecord {

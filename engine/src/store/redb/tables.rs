@@ -43,6 +43,12 @@ pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets"
 /// SHA-256 of a one-time SCEP challenge → JSON state.
 pub const CHALLENGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("scep_challenges");
 
+/// (SCEP transaction ID, SHA-256 of the CSR key) → JSON [`crate::store::ScepIssue`].
+pub const SCEP_ISSUED: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("scep_issued");
+/// (expiry in unix ms, transaction ID, SHA-256 of the CSR key) → (): pruning index.
+pub const SCEP_ISSUED_EXPIRY: TableDefinition<(i64, &str, &[u8]), ()> =
+    TableDefinition::new("scep_issued_expiry");
+
 /// UDID → JSON [`crate::store::MachineInfoRecord`].
 pub const MACHINE_INFO: TableDefinition<&str, &[u8]> = TableDefinition::new("machine_info");
 
@@ -104,6 +110,8 @@ pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
         EVENTS,
         SECRETS,
         CHALLENGES,
+        SCEP_ISSUED,
+        SCEP_ISSUED_EXPIRY,
         MACHINE_INFO,
         DEP_SERVERS,
         DEP_DEVICES,
