@@ -335,6 +335,60 @@ async fn a_plugin_holds_and_an_admin_releases() {
     s.stop().await;
 }
 
+/// A plugin that backtracks in Lua's pattern matcher for one device (C code the instruction
+/// hook never reached: the setup pass was stuck there for hours, and every device behind it
+/// waited) costs that device at most its time limit: the others still get their steps, and the
+/// slow device falls back to its team's steps.
+#[tokio::test]
+async fn a_slow_plugin_for_one_device_does_not_stall_the_others() {
+    let s = server(Duration::from_secs(1800)).await;
+    let api = s.api();
+    put_team(
+        &api,
+        "Eng",
+        json!({"setup_steps": [{"id": "name", "command": {"request_type": "Settings", "parameters": {"Settings": []}}}]}),
+    )
+    .await;
+    let slow = s.device().unwrap();
+    let other = s.device().unwrap();
+    put_plugin(
+        &api,
+        "slow",
+        &format!(
+            r#"return {{
+                place = function(d) return {{ team = "Eng" }} end,
+                setup_steps = function(d)
+                  if d.serial_number == "{}" then
+                    string.find(string.rep("a", 5000), string.rep("a*", 30) .. "b")
+                  end
+                end,
+            }}"#,
+            slow.serial
+        ),
+    )
+    .await;
+    for dev in [&slow, &other] {
+        dev.authenticate().await.unwrap();
+    }
+    let started = Instant::now();
+    slow.token_update(true).await.unwrap();
+    other.token_update(true).await.unwrap();
+    let c = next_command(&other).await;
+    assert_eq!(c.request_type, "Settings");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let c = next_command(&slow).await;
+    assert_eq!(c.request_type, "Settings", "the team's steps, by default");
+    let setup = wait_for(&api, &format!("/v1/devices/{}/setup", slow.serial), |j| {
+        j["state"] == "running"
+    })
+    .await;
+    assert_eq!(setup["steps_by"], "default", "{setup}");
+    let failed = events_of(&api, "plugin.failed").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["data"]["limit"], true);
+    s.stop().await;
+}
+
 /// Teams are validated; a device can be moved by an admin, and plugins no longer move it.
 #[tokio::test]
 async fn teams_and_admin_placement() {

@@ -188,11 +188,23 @@ pub struct Decided<T> {
 /// At most one `plugin.failed` event per plugin per this interval (counters see every failure).
 const EVENT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Most plugin decisions running at once, each on its own blocking thread.
+pub const MAX_CONCURRENT_CALLS: usize = 8;
+
 /// Plugins in order, swapped atomically on reload.
-#[derive(Default)]
 pub struct PolicyChain {
     plugins: RwLock<Arc<Vec<Arc<LoadedPlugin>>>>,
     outbox: Option<Outbox>,
+    /// Plugin calls are CPU work of up to one timeout each: they run on tokio's blocking pool,
+    /// never on an async worker, and at most [`MAX_CONCURRENT_CALLS`] at once (a flood of
+    /// decisions waits here instead of starting a thread each).
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for PolicyChain {
+    fn default() -> Self {
+        PolicyChain::new(None)
+    }
 }
 
 impl std::fmt::Debug for PolicyChain {
@@ -207,6 +219,7 @@ impl PolicyChain {
         PolicyChain {
             plugins: RwLock::default(),
             outbox,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS)),
         }
     }
 
@@ -243,25 +256,39 @@ impl PolicyChain {
 
     /// Ask each plugin that answers this hook, in order; the first definite decision wins.
     /// `None`: every plugin had no opinion (or failed) and the caller's default decides.
+    ///
+    /// The calls run on the blocking pool (see [`MAX_CONCURRENT_CALLS`]), so a plugin running
+    /// into its time limit never holds up an async worker.
     pub async fn decide(&self, input: &HookInput) -> Option<Decided<Decision>> {
         let hook = input.hook();
-        for p in self.plugins().iter().filter(|p| p.hooks.contains(&hook)) {
-            if p.quarantined() {
-                p.stats.record_skip();
-                continue;
-            }
-            match p.call(input) {
-                Ok(Some(decision)) => {
-                    return Some(Decided {
-                        decision,
-                        by: p.name.clone(),
-                    });
-                }
-                Ok(None) => {}
-                Err(e) => self.report(p, hook, &e).await,
-            }
+        let plugins: Vec<Arc<LoadedPlugin>> = self
+            .plugins()
+            .iter()
+            .filter(|p| p.hooks.contains(&hook))
+            .cloned()
+            .collect();
+        if plugins.is_empty() {
+            return None;
         }
-        None
+        let (decided, failures) = {
+            let _slot = self
+                .slots
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            let input = input.clone();
+            match tokio::task::spawn_blocking(move || ask(&plugins, &input)).await {
+                Ok(answer) => answer,
+                Err(err) => {
+                    tracing::error!(%hook, error = %err, "plugin call panicked; counted as no opinion");
+                    (None, Vec::new())
+                }
+            }
+        };
+        for (p, e) in failures {
+            self.report(&p, hook, &e).await;
+        }
+        decided
     }
 
     async fn report(&self, p: &LoadedPlugin, hook: Hook, e: &PluginError) {
@@ -348,6 +375,29 @@ impl PolicyChain {
             _ => by_default(default()),
         }
     }
+}
+
+/// The failures of one decision, to report after it.
+type Failures = Vec<(Arc<LoadedPlugin>, PluginError)>;
+
+/// The synchronous part of [`PolicyChain::decide`]: call `plugins` in order until one decides.
+fn ask(plugins: &[Arc<LoadedPlugin>], input: &HookInput) -> (Option<Decided<Decision>>, Failures) {
+    let mut failures = Vec::new();
+    for p in plugins {
+        if p.quarantined() {
+            p.stats.record_skip();
+            continue;
+        }
+        match p.call(input) {
+            Ok(Some(decision)) => {
+                let by = p.name.clone();
+                return (Some(Decided { decision, by }), failures);
+            }
+            Ok(None) => {}
+            Err(e) => failures.push((p.clone(), e)),
+        }
+    }
+    (None, failures)
 }
 
 fn by_default<T>(decision: T) -> Decided<T> {
@@ -494,6 +544,43 @@ mod tests {
             .await;
         assert_eq!(d.by, "default");
         assert_eq!(d.decision, AssignDecision::Assign("default-profile".into()));
+    }
+
+    /// A plugin call running into its time limit must not hold up the async runtime: here, the
+    /// only thread of a current-thread runtime.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_plugin_does_not_block_the_runtime() {
+        let slow = crate::policy::lua::LuaPlugin::load(
+            "slow",
+            "return { auto_assign = function(e) while true do end end }",
+            &Default::default(),
+            crate::policy::Limits {
+                instructions: u64::MAX / 2,
+                timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let chain = Arc::new(PolicyChain::new(None));
+        chain.replace(vec![Arc::new(LoadedPlugin::new(
+            "slow",
+            Runtime::Lua,
+            b"slow",
+            Box::new(slow),
+            None,
+        ))]);
+        let c = chain.clone();
+        let call =
+            tokio::spawn(async move { c.auto_assign(&dep_event(), || AssignDecision::Skip).await });
+        // Let the call start, then check that this task runs again while it is still going.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !call.is_finished(),
+            "the runtime was blocked until the plugin call ended"
+        );
+        let d = call.await.unwrap();
+        assert_eq!(d.by, "default");
+        assert_eq!(chain.plugins()[0].stats.snapshot().limit_hits, 1);
     }
 
     #[tokio::test]

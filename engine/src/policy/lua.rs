@@ -18,6 +18,7 @@ use mlua::{
     Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, MultiValue, StdLib, Table, Value, VmState,
 };
 
+use super::lua_pattern::{self, StepBudget};
 use super::plugin_log::{LogBudget, LogLevel};
 use super::{
     Decision, Hook, HookInput, LimitKind, Limits, PluginConfig, PluginError, PolicyPlugin,
@@ -109,11 +110,43 @@ impl Budget {
             return Err(LimitKind::Instructions);
         }
         self.ticks_left.store(left - 1, Ordering::Relaxed);
+        self.check_deadline()
+    }
+
+    /// Charge `steps` instructions at once, for C functions that loop without the hook.
+    fn charge(&self, steps: u64) -> Result<(), LimitKind> {
+        if let Some(kind) = self.hit() {
+            return Err(kind);
+        }
+        let ticks = steps.div_ceil(u64::from(CHECK_EVERY));
+        let left = self.ticks_left.load(Ordering::Relaxed);
+        if ticks >= left {
+            self.set_hit(LimitKind::Instructions);
+            return Err(LimitKind::Instructions);
+        }
+        self.ticks_left.store(left - ticks, Ordering::Relaxed);
+        self.check_deadline()
+    }
+
+    /// Fail with the time limit once this call's deadline has passed.
+    fn check_deadline(&self) -> Result<(), LimitKind> {
         if self.epoch().elapsed().as_nanos() as u64 > self.deadline_ns.load(Ordering::Relaxed) {
             self.set_hit(LimitKind::Timeout);
             return Err(LimitKind::Timeout);
         }
         Ok(())
+    }
+}
+
+/// The pattern functions (`string.find`, ...) charge their matching steps here, so the
+/// instruction and time limits hold inside them too.
+impl StepBudget for Budget {
+    fn tick(&self) -> Result<(), LimitKind> {
+        Budget::tick(self)
+    }
+
+    fn exceeded(&self, kind: LimitKind) {
+        self.set_hit(kind);
     }
 }
 
@@ -209,7 +242,7 @@ impl Interpreter {
         )
         .map_err(load_err)?;
         let budget = Arc::new(Budget::default());
-        sandbox(&lua, name, config, &budget).map_err(load_err)?;
+        sandbox(&lua, name, config, &budget, limits).map_err(load_err)?;
         lua.set_memory_limit(limits.memory_bytes)
             .map_err(load_err)?;
         let b = budget.clone();
@@ -310,7 +343,13 @@ impl Interpreter {
 }
 
 /// Remove what a policy plugin must not reach, and add the `pomona` table.
-fn sandbox(lua: &Lua, name: &str, config: &PluginConfig, budget: &Arc<Budget>) -> mlua::Result<()> {
+fn sandbox(
+    lua: &Lua,
+    name: &str,
+    config: &PluginConfig,
+    budget: &Arc<Budget>,
+    limits: &Limits,
+) -> mlua::Result<()> {
     let g = lua.globals();
     protect_pcall(lua, budget)?;
     for unsafe_global in [
@@ -326,6 +365,10 @@ fn sandbox(lua: &Lua, name: &str, config: &PluginConfig, budget: &Arc<Budget>) -
     // `string.dump` exposes bytecode; bytecode can't be loaded here, but leave nothing to try.
     let string: Table = g.raw_get("string")?;
     string.raw_set("dump", Value::Nil)?;
+    // Lua's pattern matcher is C that backtracks without the instruction hook: use the metered
+    // port instead (string methods resolve through this same table).
+    lua_pattern::install(lua, &string, budget.clone(), limits.memory_bytes)?;
+    bound_table_move(lua, &g.raw_get("table")?, budget)?;
     let os: Table = g.raw_get("os")?;
     let safe_os = lua.create_table()?;
     for f in ["time", "clock", "date", "difftime"] {
@@ -357,6 +400,32 @@ fn sandbox(lua: &Lua, name: &str, config: &PluginConfig, budget: &Arc<Budget>) -
     pomona.raw_set("config", cfg)?;
     g.raw_set("pomona", pomona)?;
     Ok(())
+}
+
+/// `table.move(a1, f, e, t)` copies `e - f + 1` slots in a C loop without the instruction hook
+/// (`table.move({}, 1, 1e15, 2)` allocates nothing and runs for days): charge the count to the
+/// instruction budget before running it.
+fn bound_table_move(lua: &Lua, table: &Table, budget: &Arc<Budget>) -> mlua::Result<()> {
+    let original: Function = table.raw_get("move")?;
+    let b = budget.clone();
+    let bounded = lua.create_function(move |lua, args: MultiValue| {
+        let int = |i: usize| {
+            args.get(i)
+                .and_then(|v| lua.coerce_integer(v.clone()).ok().flatten())
+        };
+        if let (Some(f), Some(e)) = (int(1), int(2))
+            && e >= f
+        {
+            let count = (i128::from(e) - i128::from(f) + 1).min(i128::from(u64::MAX)) as u64;
+            if let Err(kind) = b.charge(count) {
+                return Err(mlua::Error::runtime(format!(
+                    "plugin exceeded its {kind} limit"
+                )));
+            }
+        }
+        original.call::<MultiValue>(args)
+    })?;
+    table.raw_set("move", bounded)
 }
 
 /// Replace `pcall` and `xpcall` with versions that catch plugin errors but re-raise limit hits,

@@ -227,6 +227,145 @@ fn unbounded_allocation_hits_the_memory_limit() {
     }
 }
 
+/// Lua's own `string.find` backtracks in C, where the instruction hook never runs: this call
+/// took hours before the pattern functions were metered.
+#[test]
+fn a_backtracking_pattern_hits_a_limit() {
+    let tight = Limits {
+        timeout: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let p = LuaPlugin::load(
+        "test",
+        r#"return { auto_assign = function(e)
+            return { assign = tostring(string.find(string.rep("a", 5000), string.rep("a*", 30) .. "b")) }
+        end }"#,
+        &PluginConfig::new(),
+        tight,
+    )
+    .unwrap();
+    for body in [
+        "string.find(s, pat)",
+        "s:match(pat)",
+        "for x in s:gmatch(pat) do end",
+        "s:gsub(pat, 'x')",
+        // `pcall` cannot swallow it.
+        "while true do pcall(string.find, s, pat) end",
+    ] {
+        let p2 = LuaPlugin::load(
+            "test",
+            &format!(
+                r#"local s, pat = string.rep("a", 5000), string.rep("a*", 30) .. "b"
+                return {{ auto_assign = function(e) {body} end }}"#
+            ),
+            &PluginConfig::new(),
+            tight,
+        )
+        .unwrap();
+        let started = Instant::now();
+        let r = p2.call(&event());
+        assert!(
+            matches!(
+                r,
+                Err(PluginError::Limit(
+                    LimitKind::Instructions | LimitKind::Timeout
+                ))
+            ),
+            "{body}: {r:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{body}");
+    }
+    let started = Instant::now();
+    let r = p.call(&event());
+    assert!(
+        matches!(
+            r,
+            Err(PluginError::Limit(
+                LimitKind::Instructions | LimitKind::Timeout
+            ))
+        ),
+        "{r:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn patterns_still_work_in_plugins() {
+    let p = load(
+        r#"return { auto_assign = function(e)
+            local prefix = e.serial_number:match("^(%u%d%d)")
+            local model = e.model:gsub("%s+", "-"):lower()
+            local words = {}
+            for w in ("a, b,c"):gmatch("[^,%s]+") do words[#words + 1] = w end
+            local i, j = e.model:find("Air", 1, true)
+            return { assign = prefix .. ":" .. model .. ":" .. table.concat(words) .. ":" .. i .. "-" .. j }
+        end }"#,
+    );
+    assert_eq!(
+        p.call(&event()).unwrap(),
+        Some(Decision::Assign(AssignDecision::Assign(
+            "C02:macbook-air:abc:9-11".into()
+        )))
+    );
+}
+
+/// Other C functions that could run long are bounded by memory or by the instruction budget.
+#[test]
+fn other_c_functions_are_bounded() {
+    for (body, limits) in [
+        ("string.rep('x', 1 << 30)", [LimitKind::Memory].as_slice()),
+        (
+            "string.rep('xy', 1 << 10, string.rep('z', 1 << 12))",
+            &[LimitKind::Memory],
+        ),
+        (
+            "('x'):rep(1 << 20):gsub('x', string.rep('y', 4096))",
+            &[LimitKind::Memory, LimitKind::Instructions],
+        ),
+        ("table.move({}, 1, 1 << 50, 2)", &[LimitKind::Instructions]),
+        (
+            "table.move({}, math.mininteger + 1, 0, 1)",
+            &[LimitKind::Instructions],
+        ),
+        (
+            "local t = {} for i = 1, 1e5 do t[i] = 'xxxxxxxxxx' end return table.concat(t, string.rep(',', 4096))",
+            &[LimitKind::Memory],
+        ),
+        (
+            "local t = {} for i = 1, 2e4 do t[i] = -i end table.sort(t, function(a, b) local x = 0 for k = 1, 100 do x = x + k end return a < b end)",
+            &[LimitKind::Instructions, LimitKind::Timeout],
+        ),
+    ] {
+        let started = Instant::now();
+        let r = assign_with(body);
+        assert!(
+            matches!(&r, Err(PluginError::Limit(k)) if limits.contains(k)),
+            "{body}: {r:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{body}");
+    }
+    // Absurd widths and slices are refused by Lua itself.
+    for body in [
+        "return string.format('%99999d', 1)",
+        "return string.rep('x', 1e6):byte(1, -1)",
+        "return table.unpack({}, 1, 1e8)",
+    ] {
+        let r = assign_with(body);
+        assert!(
+            matches!(r, Err(PluginError::Failed(_) | PluginError::Limit(_))),
+            "{body}: {r:?}"
+        );
+    }
+    // A small table.move still works.
+    assert_eq!(
+        assign_with(
+            "local t = table.move({'a', 'b'}, 1, 2, 2) return { assign = t[1] .. t[2] .. t[3] }"
+        )
+        .unwrap(),
+        Some(Decision::Assign(AssignDecision::Assign("aab".into())))
+    );
+}
+
 #[test]
 fn deep_recursion_is_contained() {
     let src = "return { auto_assign = function() local function f(n) return 1 + f(n + 1) end return f(1) end }";

@@ -12,6 +12,7 @@ pub mod chain;
 pub mod fixture;
 pub mod loader;
 pub mod lua;
+pub mod lua_pattern;
 pub mod plugin_log;
 pub mod registry;
 pub mod stats;
