@@ -244,11 +244,18 @@ impl EngineBuilder {
     /// from the config or `<data_dir>/seal.key` (created if missing), and imports the CA files
     /// if configured. The API key is taken from `config.api.key` as is.
     pub fn from_config(config: &Config) -> Result<Self, EngineError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::Io {
+        crate::fsutil::private_dir(&config.data_dir).map_err(|source| EngineError::Io {
             path: config.data_dir.display().to_string(),
             source,
         })?;
-        let store = RedbStore::open(config.data_dir.join("pomona.redb"))?;
+        let db_path = config.data_dir.join("pomona.redb");
+        crate::fsutil::tighten(&db_path, crate::fsutil::FILE_MODE).map_err(|source| {
+            EngineError::Io {
+                path: db_path.display().to_string(),
+                source,
+            }
+        })?;
+        let store = RedbStore::open(&db_path)?;
         let seal = match &config.seal.key {
             Some(hex) => SealKey::from_hex(hex)?,
             None => SealKey::load_or_create(&config.data_dir.join("seal.key"))?,
@@ -799,4 +806,45 @@ where
             }
         }
     })
+}
+
+#[cfg(all(test, unix))]
+mod file_mode_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn data_dir_is_0700_and_database_0600_also_when_they_were_open() {
+        let root = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: root.path().join("fresh"),
+            ..Config::default()
+        };
+        drop(EngineBuilder::from_config(&config).unwrap());
+        assert_eq!(mode(&config.data_dir), 0o700);
+        assert_eq!(mode(&config.data_dir.join("pomona.redb")), 0o600);
+
+        // An older data dir left readable by everyone is tightened on start.
+        let old = root.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::File::create(old.join("pomona.redb")).unwrap();
+        std::fs::set_permissions(
+            old.join("pomona.redb"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let config = Config {
+            data_dir: old.clone(),
+            ..Config::default()
+        };
+        drop(EngineBuilder::from_config(&config).unwrap());
+        assert_eq!(mode(&old), 0o700);
+        assert_eq!(mode(&old.join("pomona.redb")), 0o600);
+    }
 }

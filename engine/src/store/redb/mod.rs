@@ -57,7 +57,15 @@ impl std::fmt::Debug for RedbStore {
 
 impl RedbStore {
     /// Open (or create) the database file at `path`, migrating it to [`SCHEMA_VERSION`].
+    ///
+    /// A new file is created readable and writable by its owner only (0600 on Unix).
     pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        create_private(path.as_ref()).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create database {}: {e}",
+                path.as_ref().display()
+            ))
+        })?;
         let db = Database::create(path.as_ref()).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot open database {}: {e}",
@@ -168,6 +176,23 @@ fn commit_batch(db: &Database, mut batch: Vec<Job>, durability: Durability) {
 fn fail_all(batch: Vec<Job>, e: &StoreError) {
     for job in batch {
         let _ = job.reply.send(Err(e.clone()));
+    }
+}
+
+/// Create an empty file at `path` with mode 0600 if there is none (redb then initialises it), so
+/// the database is never readable by others, not even briefly.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(crate::fsutil::FILE_MODE);
+    }
+    match options.open(path) {
+        Ok(_) => crate::fsutil::sync_parent(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
