@@ -31,7 +31,7 @@ use crate::mdm::core::TokenService;
 use crate::mdm::identity::IdentityVerifier;
 use crate::mdm::last_seen::LastSeen;
 use crate::mdm::{
-    Core, CoreOptions, MdmService, Observe, PinIdentity, RenewalPolicy, UserAuthenticatePolicy,
+    Core, CoreOptions, MdmService, PinIdentity, RenewalPolicy, UserAuthenticatePolicy,
     VerifyIdentity,
 };
 use crate::metrics::Metrics;
@@ -437,7 +437,7 @@ impl EngineBuilder {
     }
 
     /// Wrap the check-in service with your own middleware. Layers see requests whose identity is
-    /// already verified and pinned, and wrap event recording and the core; the first layer added
+    /// already verified and pinned, and wrap the core (which records events); the first layer added
     /// is the outermost.
     pub fn wrap_mdm(
         mut self,
@@ -486,9 +486,14 @@ impl EngineBuilder {
             None => apns.clone(),
         };
 
-        let core = Core::new(store.clone(), seal.clone(), last_seen.clone(), self.core);
-        let mut service: Arc<dyn MdmService> =
-            Arc::new(Observe::new(core, outbox.clone(), store.clone()));
+        let core = Core::new(
+            store.clone(),
+            outbox.clone(),
+            seal.clone(),
+            last_seen.clone(),
+            self.core,
+        );
+        let mut service: Arc<dyn MdmService> = Arc::new(core);
         for layer in self.layers.into_iter().rev() {
             service = layer(service);
         }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use super::tables::{BOOTSTRAP, CHALLENGES, EVENTS, MACHINE_INFO, SECRETS, next_seq};
 use super::{RedbStore, backend, decode, encode};
 use crate::store::{
-    BootstrapStore, ChallengeStatus, ChallengeStore, DeviceInfoStore, Event, EventStore,
+    BootstrapStore, ChallengeStatus, ChallengeStore, DeviceInfoStore, Emit, Event, EventStore,
     MachineInfoRecord, NewEvent, SecretStore, StoreResult, Timestamp,
 };
 use crate::wire::enrollment_id::EnrollmentId;
@@ -18,9 +18,11 @@ impl BootstrapStore for RedbStore {
         &self,
         id: &EnrollmentId,
         sealed: Option<Vec<u8>>,
-    ) -> StoreResult<()> {
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
         let id = id.clone();
-        self.write(move |txn| {
+        let now = time::OffsetDateTime::now_utc();
+        self.write_emitting(emit, now, move |txn| {
             let mut t = txn.open_table(BOOTSTRAP).map_err(backend)?;
             match &sealed {
                 Some(s) => t.insert(id.as_str(), s.as_slice()).map_err(backend)?,
@@ -29,6 +31,7 @@ impl BootstrapStore for RedbStore {
             Ok(())
         })
         .await
+        .map(|(_, events)| events)
     }
 
     async fn bootstrap_token(&self, id: &EnrollmentId) -> StoreResult<Option<Vec<u8>>> {
@@ -120,9 +123,15 @@ impl SecretStore for RedbStore {
         })
     }
 
-    async fn put_secret(&self, name: &str, sealed: Vec<u8>) -> StoreResult<()> {
+    async fn put_secret_emitting(
+        &self,
+        name: &str,
+        sealed: Vec<u8>,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
         let name = name.to_owned();
-        self.write(move |txn| {
+        let now = time::OffsetDateTime::now_utc();
+        self.write_emitting(emit, now, move |txn| {
             txn.open_table(SECRETS)
                 .map_err(backend)?
                 .insert(name.as_str(), sealed.as_slice())
@@ -130,6 +139,7 @@ impl SecretStore for RedbStore {
             Ok(())
         })
         .await
+        .map(|(_, events)| events)
     }
 }
 
@@ -216,9 +226,14 @@ impl ChallengeStore for RedbStore {
 
 #[async_trait]
 impl DeviceInfoStore for RedbStore {
-    async fn record_machine_info(&self, info: &MachineInfo, now: Timestamp) -> StoreResult<()> {
+    async fn record_machine_info(
+        &self,
+        info: &MachineInfo,
+        now: Timestamp,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
         let info = info.clone();
-        self.write(move |txn| {
+        self.write_emitting(emit, now, move |txn| {
             let mut t = txn.open_table(MACHINE_INFO).map_err(backend)?;
             let first_seen_at = t
                 .get(info.udid.as_str())
@@ -236,6 +251,7 @@ impl DeviceInfoStore for RedbStore {
             Ok(())
         })
         .await
+        .map(|(_, events)| events)
     }
 
     async fn machine_info(&self, udid: &str) -> StoreResult<Option<MachineInfoRecord>> {

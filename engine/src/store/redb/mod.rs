@@ -123,6 +123,23 @@ impl RedbStore {
     }
 }
 
+impl RedbStore {
+    /// [`RedbStore::write`], then append `emit`'s events for the outcome in the same transaction.
+    async fn write_emitting<T: Send + 'static>(
+        &self,
+        emit: super::Emit<T>,
+        now: super::Timestamp,
+        f: impl Fn(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<(T, Vec<super::Event>)> {
+        self.write(move |txn| {
+            let value = f(txn)?;
+            let events = misc::append_in(txn, &emit.build(&value), now)?;
+            Ok((value, events))
+        })
+        .await
+    }
+}
+
 fn run_writer(db: &Database, jobs: &mpsc::Receiver<Job>, durability: Durability) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
