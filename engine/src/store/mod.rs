@@ -34,6 +34,10 @@ pub enum StoreError {
     /// The backend failed (I/O, corruption, a closed database). Usually transient for callers.
     #[error("storage backend error: {0}")]
     Backend(String),
+    /// The database cannot be used right now: an I/O error such as a full disk. Requests get
+    /// HTTP 503 until the store has reopened the database by itself; nothing committed is lost.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// A stored record could not be decoded.
     #[error("stored record {what} is corrupt: {detail}")]
     Corrupt {

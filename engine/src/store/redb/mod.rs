@@ -17,9 +17,11 @@ mod tables;
 mod webhooks;
 
 use std::any::Any;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use ::redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
@@ -34,6 +36,9 @@ pub const SCHEMA_VERSION: u64 = 1;
 /// Most write closures committed in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// How often the writer tries to reopen a database that failed with an I/O error (disk full).
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
 type AnyBox = Box<dyn Any + Send>;
 type WriteOp = Box<dyn Fn(&WriteTransaction) -> StoreResult<AnyBox> + Send>;
 
@@ -45,8 +50,63 @@ struct Job {
 /// A Pomona store in a redb database.
 #[derive(Clone)]
 pub struct RedbStore {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     writer: mpsc::Sender<Job>,
+}
+
+/// The open database, shared by readers and the writer thread.
+///
+/// After an I/O error (a full disk, typically) redb refuses every later operation until the
+/// database is closed and opened again. The writer thread then closes it (readers and writers get
+/// [`StoreError::Unavailable`] meanwhile) and every [`REOPEN_EVERY`] tries to open the file again;
+/// redb's repair on open finds the last committed transaction.
+struct Shared {
+    db: RwLock<Option<Arc<Database>>>,
+    /// The file, for reopening (`None` for an in-memory database, which cannot be reopened).
+    path: Option<PathBuf>,
+    /// The database failed with an I/O error and must be reopened before the next write.
+    broken: AtomicBool,
+}
+
+impl Shared {
+    fn current(&self) -> StoreResult<Arc<Database>> {
+        self.db
+            .read()
+            .expect("database lock")
+            .clone()
+            .ok_or_else(|| unavailable("the database is being reopened after an I/O error"))
+    }
+
+    /// Close the failed database and open the file again. False if that is not possible yet.
+    fn reopen(&self) -> bool {
+        let Some(path) = &self.path else {
+            return false;
+        };
+        let taken = self.db.write().expect("database lock").take();
+        if let Some(old) = taken {
+            match Arc::try_unwrap(old) {
+                // Dropping it releases the file; its unclean state is repaired on open.
+                Ok(db) => drop(db),
+                Err(still_read) => {
+                    // A reader still holds it: try again later.
+                    *self.db.write().expect("database lock") = Some(still_read);
+                    return false;
+                }
+            }
+        }
+        match Database::create(path) {
+            Ok(db) => {
+                *self.db.write().expect("database lock") = Some(Arc::new(db));
+                self.broken.store(false, Ordering::Release);
+                tracing::warn!(path = %path.display(), "database reopened after an I/O error");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "database still unavailable");
+                false
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -72,7 +132,7 @@ impl RedbStore {
                 path.as_ref().display()
             ))
         })?;
-        Self::start(db, Durability::Immediate)
+        Self::start(db, Some(path.as_ref().to_owned()), Durability::Immediate)
     }
 
     /// A fresh database held in memory (for tests and ephemeral embedders).
@@ -80,25 +140,43 @@ impl RedbStore {
         let db = Database::builder()
             .create_with_backend(::redb::backends::InMemoryBackend::new())
             .map_err(backend)?;
-        Self::start(db, Durability::Immediate)
+        Self::start(db, None, Durability::Immediate)
     }
 
-    fn start(db: Database, durability: Durability) -> StoreResult<Self> {
-        let db = Arc::new(db);
+    fn start(db: Database, path: Option<PathBuf>, durability: Durability) -> StoreResult<Self> {
         migrate(&db)?;
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(Arc::new(db))),
+            path,
+            broken: AtomicBool::new(false),
+        });
         let (tx, rx) = mpsc::channel::<Job>();
-        let writer_db = db.clone();
+        let writer_shared = shared.clone();
         std::thread::Builder::new()
             .name("pomona-redb-writer".into())
-            .spawn(move || run_writer(&writer_db, &rx, durability))
+            .spawn(move || run_writer(&writer_shared, &rx, durability))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
-        Ok(Self { db, writer: tx })
+        Ok(Self { shared, writer: tx })
     }
 
     /// Run `f` in a read snapshot on the calling thread.
     fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> StoreResult<T>) -> StoreResult<T> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        f(&txn)
+        let result = {
+            let db = self.shared.current()?;
+            let txn = db.begin_read().map_err(backend)?;
+            f(&txn)
+        };
+        if matches!(result, Err(StoreError::Unavailable(_)))
+            && !self.shared.broken.swap(true, Ordering::AcqRel)
+        {
+            // The database failed under a read: wake the writer so it reopens it.
+            let (reply, _) = oneshot::channel();
+            let _ = self.writer.send(Job {
+                op: Box::new(|_| Ok(Box::new(()) as AnyBox)),
+                reply,
+            });
+        }
+        result
     }
 
     /// Run `f` in the writer's next batch; resolves after the batch is durably committed.
@@ -140,8 +218,28 @@ impl RedbStore {
     }
 }
 
-fn run_writer(db: &Database, jobs: &mpsc::Receiver<Job>, durability: Durability) {
-    while let Ok(first) = jobs.recv() {
+fn run_writer(shared: &Shared, jobs: &mpsc::Receiver<Job>, durability: Durability) {
+    let mut last_reopen: Option<Instant> = None;
+    loop {
+        let first = if shared.broken.load(Ordering::Acquire) {
+            match jobs.recv_timeout(REOPEN_EVERY) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match jobs.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            }
+        };
+        if shared.broken.load(Ordering::Acquire)
+            && last_reopen.is_none_or(|t| t.elapsed() >= REOPEN_EVERY)
+        {
+            last_reopen = Some(Instant::now());
+            shared.reopen();
+        }
+        let Some(first) = first else { continue };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -149,11 +247,31 @@ fn run_writer(db: &Database, jobs: &mpsc::Receiver<Job>, durability: Durability)
                 Err(_) => break,
             }
         }
-        commit_batch(db, batch, durability);
+        let db = match shared.current() {
+            Ok(db) if !shared.broken.load(Ordering::Acquire) => db,
+            _ => {
+                fail_all(
+                    batch,
+                    &unavailable("the database is unavailable after an I/O error"),
+                );
+                continue;
+            }
+        };
+        if !commit_batch(&db, batch, durability) {
+            // The first reopen waits a full interval: space rarely returns at once.
+            last_reopen = Some(Instant::now());
+            shared.broken.store(true, Ordering::Release);
+        }
     }
 }
 
-fn commit_batch(db: &Database, mut batch: Vec<Job>, durability: Durability) {
+fn unavailable(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("{what} (disk full?); retrying in the background"))
+}
+
+/// Commit a batch; false if the database failed with an I/O error and must be reopened (every
+/// job of the batch then got [`StoreError::Unavailable`]).
+fn commit_batch(db: &Database, mut batch: Vec<Job>, durability: Durability) -> bool {
     while !batch.is_empty() {
         let mut txn = match db.begin_write() {
             Ok(t) => t,
@@ -170,16 +288,25 @@ fn commit_batch(db: &Database, mut batch: Vec<Job>, durability: Durability) {
                 Err(e) => failed.push((i, e)),
             }
         }
+        if let Some((_, e)) = failed
+            .iter()
+            .find(|(_, e)| matches!(e, StoreError::Unavailable(_)))
+        {
+            // The database itself failed: nobody in this batch can succeed.
+            let e = e.clone();
+            drop(txn);
+            return fail_all(batch, &e);
+        }
         if failed.is_empty() {
-            match txn.commit() {
+            return match txn.commit() {
                 Ok(()) => {
                     for (job, v) in batch.into_iter().zip(values) {
                         let _ = job.reply.send(Ok(v));
                     }
+                    true
                 }
                 Err(e) => fail_all(batch, &backend(e)),
-            }
-            return;
+            };
         }
         // Abort, answer the failed closures, and re-run the rest in a fresh transaction.
         drop(txn);
@@ -188,12 +315,15 @@ fn commit_batch(db: &Database, mut batch: Vec<Job>, durability: Durability) {
             let _ = job.reply.send(Err(e));
         }
     }
+    true
 }
 
-fn fail_all(batch: Vec<Job>, e: &StoreError) {
+/// Answer every job with `e`; false if `e` means the database must be reopened.
+fn fail_all(batch: Vec<Job>, e: &StoreError) -> bool {
     for job in batch {
         let _ = job.reply.send(Err(e.clone()));
     }
+    !matches!(e, StoreError::Unavailable(_))
 }
 
 /// Create an empty file at `path` with mode 0600 if there is none (redb then initialises it), so
@@ -213,9 +343,14 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Map any redb error to [`StoreError::Backend`].
-pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// Map a redb error to [`StoreError`]: I/O failures (a full disk) and the refusals that follow
+/// them are [`StoreError::Unavailable`], anything else [`StoreError::Backend`].
+pub(crate) fn backend(e: impl Into<::redb::Error>) -> StoreError {
+    let e: ::redb::Error = e.into();
+    match e {
+        ::redb::Error::Io(_) | ::redb::Error::PreviousIo => unavailable(&e.to_string()),
+        e => StoreError::Backend(e.to_string()),
+    }
 }
 
 /// Create tables and bring the schema up to [`SCHEMA_VERSION`].
