@@ -31,7 +31,9 @@ use tokio::sync::oneshot;
 use super::{StoreError, StoreResult};
 
 /// The schema version this build writes. Bump it with a migration in [`migrate`].
-pub const SCHEMA_VERSION: u64 = 1;
+///
+/// 2: SCEP challenges are indexed by expiry (`scep_challenge_expiry`).
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Most write closures committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -356,6 +358,7 @@ pub(crate) fn backend(e: impl Into<::redb::Error>) -> StoreError {
 /// Create tables and bring the schema up to [`SCHEMA_VERSION`].
 fn migrate(db: &Database) -> StoreResult<()> {
     let txn = db.begin_write().map_err(backend)?;
+    let mut migrate_to_2 = false;
     {
         let mut meta = txn.open_table(tables::META).map_err(backend)?;
         let found = meta
@@ -370,7 +373,12 @@ fn migrate(db: &Database) -> StoreResult<()> {
                 });
             }
             Some(v) if v == SCHEMA_VERSION => {}
-            // Future versions add `Some(1) => migrate_1_to_2(&txn)?` steps here, in order.
+            Some(1) => {
+                meta.insert("schema_version", SCHEMA_VERSION)
+                    .map_err(backend)?;
+                migrate_to_2 = true;
+            }
+            // A new file.
             _ => {
                 meta.insert("schema_version", SCHEMA_VERSION)
                     .map_err(backend)?;
@@ -379,6 +387,11 @@ fn migrate(db: &Database) -> StoreResult<()> {
     }
     // New tables are additive: creating them is idempotent and needs no version bump.
     tables::create_all(&txn)?;
+    if migrate_to_2 {
+        // 1 → 2: index the challenges stored before the expiry index existed, once.
+        let n = misc::index_challenges(&txn)?;
+        tracing::info!(challenges = n, "database migrated to schema 2");
+    }
     txn.commit().map_err(backend)
 }
 
@@ -403,6 +416,99 @@ mod tests {
     async fn passes_the_conformance_suite() {
         let store = RedbStore::in_memory().unwrap();
         crate::store::conformance::run_all(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn challenges_are_pruned_through_the_expiry_index_in_bounded_batches() {
+        use crate::store::{ChallengeStatus, ChallengeStore};
+        let store = RedbStore::in_memory().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let past = now - time::Duration::hours(1);
+        for i in 0..2_500 {
+            store
+                .put_challenge(&format!("old-{i}"), past)
+                .await
+                .unwrap();
+        }
+        for i in 0..3 {
+            let at = now + time::Duration::hours(1);
+            store.put_challenge(&format!("new-{i}"), at).await.unwrap();
+        }
+        // One batch touches at most its limit.
+        assert_eq!(
+            store.prune_challenge_batch(now, 1_000).await.unwrap(),
+            1_000
+        );
+        // The rest, in batches of misc::PRUNE_BATCH.
+        assert_eq!(store.prune_challenges(now).await.unwrap(), 1_500);
+        assert_eq!(store.prune_challenges(now).await.unwrap(), 0);
+        let left = store
+            .read(|txn| {
+                use ::redb::ReadableTableMetadata;
+                let c = txn.open_table(tables::CHALLENGES).map_err(backend)?.len();
+                let i = txn
+                    .open_table(tables::CHALLENGE_EXPIRY)
+                    .map_err(backend)?
+                    .len();
+                Ok((c.map_err(backend)?, i.map_err(backend)?))
+            })
+            .unwrap();
+        assert_eq!(
+            left,
+            (3, 3),
+            "only the unexpired challenges and their index remain"
+        );
+        assert_eq!(
+            store.consume_challenge("new-1", now).await.unwrap(),
+            ChallengeStatus::Accepted
+        );
+        assert_eq!(
+            store.consume_challenge("old-7", now).await.unwrap(),
+            ChallengeStatus::Unknown
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_schema_1_file_gets_its_challenges_indexed_and_pruned() {
+        use crate::store::ChallengeStore;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.redb");
+        let now = time::OffsetDateTime::now_utc();
+        {
+            // The layout of schema 1: challenges without the expiry index.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(tables::META)
+                .unwrap()
+                .insert("schema_version", 1)
+                .unwrap();
+            let state = serde_json::json!({
+                "expires_at": (now - time::Duration::minutes(5))
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap(),
+                "used_at": null,
+            });
+            txn.open_table(tables::CHALLENGES)
+                .unwrap()
+                .insert(
+                    openssl::sha::sha256(b"legacy").as_slice(),
+                    serde_json::to_vec(&state).unwrap().as_slice(),
+                )
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.prune_challenges(now).await.unwrap(), 1);
+        let version = store
+            .read(|txn| {
+                let meta = txn.open_table(tables::META).map_err(backend)?;
+                Ok(meta
+                    .get("schema_version")
+                    .map_err(backend)?
+                    .map(|v| v.value()))
+            })
+            .unwrap();
+        assert_eq!(version, Some(SCHEMA_VERSION));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

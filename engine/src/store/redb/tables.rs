@@ -43,6 +43,10 @@ pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets"
 /// SHA-256 of a one-time SCEP challenge → JSON state.
 pub const CHALLENGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("scep_challenges");
 
+/// (expiry in unix ms, SHA-256 of the challenge) → (): prune expired challenges by range.
+pub const CHALLENGE_EXPIRY: TableDefinition<(i64, &[u8]), ()> =
+    TableDefinition::new("scep_challenge_expiry");
+
 /// UDID → JSON [`crate::store::MachineInfoRecord`].
 pub const MACHINE_INFO: TableDefinition<&str, &[u8]> = TableDefinition::new("machine_info");
 
@@ -104,6 +108,7 @@ pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
         EVENTS,
         SECRETS,
         CHALLENGES,
+        CHALLENGE_EXPIRY,
         MACHINE_INFO,
         DEP_SERVERS,
         DEP_DEVICES,
