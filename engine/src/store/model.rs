@@ -317,7 +317,10 @@ pub struct NewEvent {
 /// Store writes that report a state change take one, so the change and the events describing it
 /// commit together or not at all (the transactional outbox). The builder may run more than once
 /// (a group-commit batch is re-run without a failed member), so it must be pure.
-pub struct Emit<T>(Option<std::sync::Arc<dyn Fn(&T) -> Vec<NewEvent> + Send + Sync>>);
+pub struct Emit<T>(Option<std::sync::Arc<EmitFn<T>>>);
+
+/// The builder inside an [`Emit`].
+type EmitFn<T> = dyn Fn(&T) -> Vec<NewEvent> + Send + Sync;
 
 impl<T> Emit<T> {
     /// No events.
