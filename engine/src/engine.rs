@@ -31,7 +31,7 @@ use crate::mdm::core::TokenService;
 use crate::mdm::identity::IdentityVerifier;
 use crate::mdm::last_seen::LastSeen;
 use crate::mdm::{
-    Core, CoreOptions, MdmService, Observe, PinIdentity, RenewalPolicy, UserAuthenticatePolicy,
+    Core, CoreOptions, MdmService, PinIdentity, RenewalPolicy, UserAuthenticatePolicy,
     VerifyIdentity,
 };
 use crate::metrics::Metrics;
@@ -256,15 +256,22 @@ impl EngineBuilder {
     /// from the config or `<data_dir>/seal.key` (created if missing), and imports the CA files
     /// if configured. The API key is taken from `config.api.key` as is.
     pub fn from_config(config: &Config) -> Result<Self, EngineError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::Io {
+        crate::fsutil::private_dir(&config.data_dir).map_err(|source| EngineError::Io {
             path: config.data_dir.display().to_string(),
             source,
+        })?;
+        let db_path = config.data_dir.join("pomona.redb");
+        crate::fsutil::tighten(&db_path, crate::fsutil::FILE_MODE).map_err(|source| {
+            EngineError::Io {
+                path: db_path.display().to_string(),
+                source,
+            }
         })?;
         let seal = match &config.seal.key {
             Some(hex) => SealKey::from_hex(hex)?,
             None => SealKey::load_or_create(&config.data_dir.join("seal.key"))?,
         };
-        let store = RedbStore::open(config.data_dir.join("pomona.redb"), &seal)?;
+        let store = RedbStore::open(&db_path, &seal)?;
         let mut b = Self::default()
             .store(Arc::new(store))
             .seal_key(seal)
@@ -472,7 +479,7 @@ impl EngineBuilder {
     }
 
     /// Wrap the check-in service with your own middleware. Layers see requests whose identity is
-    /// already verified and pinned, and wrap event recording and the core; the first layer added
+    /// already verified and pinned, and wrap the core (which records events); the first layer added
     /// is the outermost.
     pub fn wrap_mdm(
         mut self,
@@ -521,9 +528,14 @@ impl EngineBuilder {
             None => apns.clone(),
         };
 
-        let core = Core::new(store.clone(), seal.clone(), last_seen.clone(), self.core);
-        let mut service: Arc<dyn MdmService> =
-            Arc::new(Observe::new(core, outbox.clone(), store.clone()));
+        let core = Core::new(
+            store.clone(),
+            outbox.clone(),
+            seal.clone(),
+            last_seen.clone(),
+            self.core,
+        );
+        let mut service: Arc<dyn MdmService> = Arc::new(core);
         for layer in self.layers.into_iter().rev() {
             service = layer(service);
         }
@@ -849,4 +861,45 @@ where
             }
         }
     })
+}
+
+#[cfg(all(test, unix))]
+mod file_mode_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn data_dir_is_0700_and_database_0600_also_when_they_were_open() {
+        let root = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: root.path().join("fresh"),
+            ..Config::default()
+        };
+        drop(EngineBuilder::from_config(&config).unwrap());
+        assert_eq!(mode(&config.data_dir), 0o700);
+        assert_eq!(mode(&config.data_dir.join("pomona.redb")), 0o600);
+
+        // An older data dir left readable by everyone is tightened on start.
+        let old = root.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::File::create(old.join("pomona.redb")).unwrap();
+        std::fs::set_permissions(
+            old.join("pomona.redb"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let config = Config {
+            data_dir: old.clone(),
+            ..Config::default()
+        };
+        drop(EngineBuilder::from_config(&config).unwrap());
+        assert_eq!(mode(&old), 0o700);
+        assert_eq!(mode(&old.join("pomona.redb")), 0o600);
+    }
 }

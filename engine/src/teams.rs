@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::events::{Outbox, event, kind};
 use crate::policy::steps_from_json;
-use crate::store::{StoreError, Team, TeamStore};
+use crate::store::{Emit, NewEvent, StoreError, Team, TeamStore};
 
 /// The platforms a team can name an enrollment profile for.
 pub const PLATFORMS: [&str; 4] = ["macos", "ios", "ipados", "tvos"];
@@ -105,8 +105,14 @@ impl TeamService {
             release_timeout_secs: spec.release_timeout_secs,
             updated_at: time::OffsetDateTime::now_utc(),
         };
-        self.store.put_team(&team).await?;
-        self.publish(kind::TEAM_CHANGED, name).await;
+        let (_, events) = self
+            .store
+            .put_team_emitting(
+                &team,
+                Emit::events(vec![team_event(kind::TEAM_CHANGED, name)]),
+            )
+            .await?;
+        self.outbox.broadcast(&events);
         Ok(team)
     }
 
@@ -125,22 +131,26 @@ impl TeamService {
 
     /// Delete a team. Its devices keep the name until they are placed again.
     pub async fn delete(&self, name: &str) -> Result<(), TeamError> {
-        if !self.store.delete_team(name).await? {
+        let deleted = team_event(kind::TEAM_DELETED, name);
+        let emit = Emit::with(move |existed: &bool| {
+            if *existed {
+                vec![deleted.clone()]
+            } else {
+                Vec::new()
+            }
+        });
+        let (existed, events) = self.store.delete_team_emitting(name, emit).await?;
+        if !existed {
             return Err(TeamError::NotFound(name.to_owned()));
         }
-        self.publish(kind::TEAM_DELETED, name).await;
+        self.outbox.broadcast(&events);
         Ok(())
     }
+}
 
-    async fn publish(&self, k: &str, name: &str) {
-        if let Err(err) = self
-            .outbox
-            .publish(vec![event(k, None, json!({ "team": name }))])
-            .await
-        {
-            tracing::error!(%err, "could not record a team event");
-        }
-    }
+/// A team event, written with the change it reports.
+fn team_event(k: &str, name: &str) -> NewEvent {
+    event(k, None, json!({ "team": name }))
 }
 
 #[cfg(test)]

@@ -459,7 +459,9 @@ async fn run_push(engine: &pomona::Engine, opts: &Options) -> anyhow::Result<Rep
                     topic: PUSH_TOPIC.into(),
                     ..Default::default()
                 };
-                store.store_authenticate(&channel, &auth, now).await?;
+                store
+                    .store_authenticate(&channel, &auth, now, pomona::store::Emit::none())
+                    .await?;
                 let tu = TokenUpdate {
                     token: openssl::sha::sha256(id.as_str().as_bytes()).to_vec(),
                     push_magic: format!("magic-{id}"),
@@ -467,7 +469,14 @@ async fn run_push(engine: &pomona::Engine, opts: &Options) -> anyhow::Result<Rep
                     ..Default::default()
                 };
                 store
-                    .store_token_update(&channel, &tu, None, (None, None), now)
+                    .store_token_update(
+                        &channel,
+                        &tu,
+                        None,
+                        (None, None),
+                        now,
+                        pomona::store::Emit::none(),
+                    )
                     .await?;
                 anyhow::Ok(())
             }

@@ -65,7 +65,7 @@ fn resolve_api_key(config: &mut Config) -> anyhow::Result<()> {
 /// Run the engine until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = load_config(&args)?;
-    std::fs::create_dir_all(&config.data_dir)
+    pomona::fsutil::private_dir(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     resolve_api_key(&mut config)?;
     let engine: Engine = EngineBuilder::from_config(&config)?.build().await?;

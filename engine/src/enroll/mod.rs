@@ -14,7 +14,7 @@ use crate::ca::CertificateAuthority;
 use crate::events::{Outbox, event, kind};
 use crate::push::apns::ApnsPusher;
 use crate::scep::ScepService;
-use crate::store::{DeviceInfoStore, StoreError};
+use crate::store::{DeviceInfoStore, Emit, StoreError};
 use crate::wire::machine_info::{
     self, DeviceTrust, MachineInfo, MachineInfoError, software_update_required_body, version_lt,
 };
@@ -175,7 +175,6 @@ impl EnrollService {
 
     async fn answer(&self, info: MachineInfo) -> Result<AutomatedAnswer, EnrollError> {
         let now = time::OffsetDateTime::now_utc();
-        self.devices.record_machine_info(&info, now).await?;
         let needs_update = match (&self.options.min_os_version, &info.os_version) {
             (Some(min), Some(have)) => info.can_request_software_update && version_lt(have, min),
             _ => false,
@@ -192,9 +191,11 @@ impl EnrollService {
                 "software_update_required": needs_update,
             }),
         );
-        if let Err(err) = self.outbox.publish(vec![e]).await {
-            tracing::warn!(%err, "could not record enroll.machine_info event");
-        }
+        let events = self
+            .devices
+            .record_machine_info(&info, now, Emit::events(vec![e]))
+            .await?;
+        self.outbox.broadcast(&events);
         if needs_update {
             let min = self.options.min_os_version.as_deref().unwrap_or_default();
             return Ok(AutomatedAnswer::SoftwareUpdateRequired(

@@ -5,6 +5,7 @@
 //! - 401: only a deliberate policy decision to unenroll ([`MdmError::Unenroll`]). Never by accident.
 //! - 404: an unknown Declarative Management declaration.
 //! - 410: `UserAuthenticate` declined.
+//! - 503: storage unavailable (an I/O error such as a full disk) — the device retries.
 //! - 500: a storage or sealing failure — transient from the device's view; it retries.
 
 use http::StatusCode;
@@ -19,7 +20,9 @@ pub fn device_status(err: &MdmError) -> StatusCode {
         MdmError::Declined => StatusCode::GONE,
         MdmError::NotFound(_) => StatusCode::NOT_FOUND,
         MdmError::Unenroll(_) => StatusCode::UNAUTHORIZED,
-        MdmError::Store(StoreError::Backend(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        MdmError::Store(StoreError::Backend(_) | StoreError::Unavailable(_)) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         MdmError::Store(_) | MdmError::Seal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -41,6 +44,7 @@ mod tests {
             MdmError::Declined,
             MdmError::NotFound("x".into()),
             MdmError::Store(StoreError::Backend("disk".into())),
+            MdmError::Store(StoreError::Unavailable("disk full".into())),
             MdmError::Store(StoreError::DuplicateCommand("x".into())),
         ];
         for e in &cases {
@@ -51,6 +55,10 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
         assert_eq!(device_status(&MdmError::Declined), StatusCode::GONE);
+        assert_eq!(
+            device_status(&MdmError::Store(StoreError::Unavailable("full".into()))),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         assert_eq!(
             device_status(&MdmError::Identity(IdentityError::Missing)),
             StatusCode::BAD_REQUEST

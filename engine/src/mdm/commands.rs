@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::events::{Outbox, event, kind};
 use crate::metrics::Metrics;
 use crate::push::{PushOutcome, Pusher};
-use crate::store::{EnrollmentStore, QueueStore, StoreError};
+use crate::store::{Emit, EnrollmentStore, QueueStore, StoreError};
 use crate::wire::command::Command;
 use crate::wire::enrollment_id::EnrollmentId;
 
@@ -119,12 +119,24 @@ impl Commander {
                 break;
             }
             let now = time::OffsetDateTime::now_utc();
+            let enqueued = Emit::events(vec![event(
+                kind::COMMAND_ENQUEUED,
+                None,
+                json!({
+                    "command_uuid": command.uuid,
+                    "request_type": command.request_type,
+                    "targets": ok,
+                }),
+            )]);
             match self
                 .queue
-                .enqueue(command, &ok, self.max_queue_len, now)
+                .enqueue_emitting(command, &ok, self.max_queue_len, now, enqueued)
                 .await
             {
-                Ok(()) => break,
+                Ok(events) => {
+                    self.outbox.broadcast(&events);
+                    break;
+                }
                 Err(StoreError::QueueFull { id, limit }) => mark(
                     &mut targets,
                     &id,
@@ -160,18 +172,6 @@ impl Commander {
             return Ok(outcome);
         }
         self.metrics.commands_enqueued(queued.len());
-        let e = event(
-            kind::COMMAND_ENQUEUED,
-            None,
-            json!({
-                "command_uuid": command.uuid,
-                "request_type": command.request_type,
-                "targets": queued,
-            }),
-        );
-        if let Err(err) = self.outbox.publish(vec![e]).await {
-            tracing::error!(%err, "could not record command.enqueued event");
-        }
         if push {
             for (id, result) in self.pusher.push(&queued).await {
                 if let Some(t) = outcome.targets.iter_mut().find(|t| t.id == id) {

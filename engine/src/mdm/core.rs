@@ -7,9 +7,12 @@ use async_trait::async_trait;
 use plist::{Dictionary, Value};
 
 use super::last_seen::LastSeen;
-use super::{CheckinResponse, MdmError, MdmService, ReportResponse, Request, declarative};
+use super::{CheckinResponse, MdmError, MdmService, ReportResponse, Request, declarative, observe};
+use crate::events::Outbox;
 use crate::seal::{SealKey, context};
-use crate::store::{BootstrapStore, EnrollmentStore, NextCommand, QueueStore, ReportRecord, Store};
+use crate::store::{
+    BootstrapStore, Emit, EnrollmentStore, NextCommand, QueueStore, ReportRecord, Store,
+};
 use crate::wire::checkin::{CheckinBody, GetToken, to_xml};
 use crate::wire::enrollment_id::{Channel, EnrollmentId};
 use crate::wire::report::{CommandReport, Status};
@@ -54,19 +57,24 @@ impl std::fmt::Debug for CoreOptions {
 }
 
 /// The innermost service: stores check-ins and runs the command queue.
+///
+/// Each state change and the events reporting it ([`observe`]) are written in one transaction;
+/// the events are broadcast to live subscribers after the commit.
 pub struct Core {
     enrollments: Arc<dyn EnrollmentStore>,
     queue: Arc<dyn QueueStore>,
     bootstrap: Arc<dyn BootstrapStore>,
+    outbox: Outbox,
     seal: SealKey,
     last_seen: Arc<LastSeen>,
     options: CoreOptions,
 }
 
 impl Core {
-    /// A core over `store`.
+    /// A core over `store`, appending its events to `outbox`'s store in the same transactions.
     pub fn new(
         store: Arc<dyn Store>,
+        outbox: Outbox,
         seal: SealKey,
         last_seen: Arc<LastSeen>,
         options: CoreOptions,
@@ -75,6 +83,7 @@ impl Core {
             enrollments: store.clone(),
             queue: store.clone(),
             bootstrap: store,
+            outbox,
             seal,
             last_seen,
             options,
@@ -111,8 +120,14 @@ impl MdmService for Core {
             CheckinBody::Authenticate(m) => {
                 Self::require_device_channel(req, "Authenticate")?;
                 // A re-enrollment: user channels of the previous enrollment are stale.
-                self.enrollments.disable(&channel.id, now).await?;
-                self.enrollments.store_authenticate(channel, m, now).await?;
+                self.enrollments
+                    .disable(&channel.id, now, Emit::none())
+                    .await?;
+                let events = self
+                    .enrollments
+                    .store_authenticate(channel, m, now, observe::authenticated(req, m))
+                    .await?;
+                self.outbox.broadcast(&events);
                 let mut ids = vec![channel.id.clone()];
                 ids.extend(self.enrollments.user_channels(&channel.id).await?);
                 self.queue.clear_queue(&ids, now).await?;
@@ -127,13 +142,26 @@ impl MdmService for Core {
                     req.identifiers.user_short_name.clone(),
                     req.identifiers.user_long_name.clone(),
                 );
-                self.enrollments
-                    .store_token_update(channel, m, unlock, names, now)
+                let (_, events) = self
+                    .enrollments
+                    .store_token_update(
+                        channel,
+                        m,
+                        unlock,
+                        names,
+                        now,
+                        observe::token_updated(req, m),
+                    )
                     .await?;
+                self.outbox.broadcast(&events);
                 Ok(CheckinResponse::Empty)
             }
             CheckinBody::CheckOut => {
-                self.enrollments.disable(&channel.id, now).await?;
+                let (_, events) = self
+                    .enrollments
+                    .disable(&channel.id, now, observe::checked_out(req))
+                    .await?;
+                self.outbox.broadcast(&events);
                 Ok(CheckinResponse::Empty)
             }
             CheckinBody::UserAuthenticate(m) => match self.options.user_authenticate {
@@ -149,14 +177,25 @@ impl MdmService for Core {
                 Self::require_device_channel(req, "SetBootstrapToken")?;
                 let ctx = context::bootstrap_token(channel.id.as_str());
                 let sealed = token.as_ref().map(|t| self.seal.seal(&ctx, t));
-                self.bootstrap
-                    .store_bootstrap_token(&channel.id, sealed)
+                let events = self
+                    .bootstrap
+                    .store_bootstrap_token(
+                        &channel.id,
+                        sealed,
+                        observe::bootstrap_stored(req, token.is_none()),
+                    )
                     .await?;
+                self.outbox.broadcast(&events);
                 Ok(CheckinResponse::Empty)
             }
             CheckinBody::GetBootstrapToken => {
                 Self::require_device_channel(req, "GetBootstrapToken")?;
-                match self.bootstrap.bootstrap_token(&channel.id).await? {
+                let stored = self.bootstrap.bootstrap_token(&channel.id).await?;
+                // A read: the event is the only write, committed before the answer.
+                self.outbox
+                    .publish(observe::bootstrap_retrieved(req))
+                    .await?;
+                match stored {
                     Some(sealed) => {
                         let ctx = context::bootstrap_token(channel.id.as_str());
                         let token = self.seal.unseal(&ctx, &sealed)?;
@@ -210,10 +249,11 @@ impl MdmService for Core {
                     error_chain: report.error_chain.clone(),
                     raw: req.raw.clone(),
                 };
-                let outcome = self
+                let (outcome, events) = self
                     .queue
-                    .record_report(id, &record, req.received_at)
+                    .record_report(id, &record, req.received_at, observe::reported(req, report))
                     .await?;
+                self.outbox.broadcast(&events);
                 (Some(outcome), NextCommand::AfterReport)
             }
             (_, None) => {

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{CheckinResponse, IdentityError, MdmError, MdmService, ReportResponse, Request};
 use crate::ca::CertificateAuthority;
 use crate::events::{Outbox, event, kind};
-use crate::store::{CertHash, IdentityStore};
+use crate::store::{CertHash, Emit, IdentityStore};
 use crate::wire::checkin::CheckinBody;
 use crate::wire::report::CommandReport;
 
@@ -167,16 +167,17 @@ impl<S> PinIdentity<S> {
         if !(renews_pinned || self.renewal == RenewalPolicy::Any) {
             return Err(mismatch());
         }
-        self.store.pin_cert(device, &identity.hash).await?;
+        let renewed = event(
+            kind::IDENTITY_RENEWED,
+            Some(device),
+            json!({"previous": pinned.to_hex(), "current": identity.hash.to_hex()}),
+        );
+        let events = self
+            .store
+            .pin_cert_emitting(device, &identity.hash, Emit::events(vec![renewed]))
+            .await?;
         if let Some(outbox) = &self.outbox {
-            let e = event(
-                kind::IDENTITY_RENEWED,
-                Some(device),
-                json!({"previous": pinned.to_hex(), "current": identity.hash.to_hex()}),
-            );
-            if let Err(err) = outbox.publish(vec![e]).await {
-                tracing::warn!(%err, "could not record identity.renewed event");
-            }
+            outbox.broadcast(&events);
         }
         Ok(())
     }

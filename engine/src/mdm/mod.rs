@@ -4,8 +4,11 @@
 //! [`CheckinBody`] or a [`CommandReport`] and calls an [`MdmService`]. The default chain is
 //!
 //! ```text
-//! VerifyIdentity (chain to the CA) → PinIdentity (certificate ↔ enrollment) → Observe (events) → Core
+//! VerifyIdentity (chain to the CA) → PinIdentity (certificate ↔ enrollment) → Core
 //! ```
+//!
+//! Core writes each state change together with the events reporting it (built in [`observe`]) in
+//! one store transaction, then broadcasts them.
 //!
 //! Each layer is an `MdmService` wrapping the next, so embedders and policy hooks add behaviour by
 //! wrapping rather than by flags. The trait has two methods — check-in messages and command
@@ -29,7 +32,6 @@ use crate::wire::report::CommandReport;
 
 pub use self::core::{Core, CoreOptions, UserAuthenticatePolicy};
 pub use identity::{PinIdentity, RenewalPolicy, VerifyIdentity};
-pub use observe::Observe;
 
 /// The certificate a device presented (by `Mdm-Signature` or mutual TLS).
 #[derive(Debug, Clone)]

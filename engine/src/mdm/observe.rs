@@ -1,137 +1,118 @@
-//! Observer middleware: turns successful check-ins and reports into durable events.
+//! The events the check-in path emits, built for the store write that makes the state change.
+//!
+//! [`super::Core`] hands these to its store calls ([`Emit`]), so each event is appended in the
+//! same transaction as the change it reports: a crash can lose neither without the other. Events
+//! whose content depends on the write's outcome (the `TokenUpdate` tally, whether a report matched
+//! a queued command) are built from that outcome inside the transaction.
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
 use serde_json::json;
 
-use super::{CheckinResponse, MdmError, MdmService, ReportResponse, Request};
-use crate::events::{Outbox, event, kind};
-use crate::store::{EnrollmentStore, NewEvent, ReportOutcome};
-use crate::wire::checkin::CheckinBody;
+use super::Request;
+use crate::events::{event, kind};
+use crate::store::{Emit, NewEvent, ReportOutcome};
+use crate::wire::checkin::{Authenticate, TokenUpdate};
+use crate::wire::enrollment_id::EnrollmentId;
 use crate::wire::report::{CommandReport, Status};
 
-/// Middleware that publishes lifecycle and command events after `inner` succeeds.
-///
-/// Events are appended after the state change commits. If the outbox write fails the device still
-/// gets its answer (a retry would repeat the state change) and the failure is logged.
-pub struct Observe<S> {
-    inner: S,
-    outbox: Outbox,
-    enrollments: Arc<dyn EnrollmentStore>,
+/// `enrollment.authenticated`.
+pub fn authenticated(req: &Request, m: &Authenticate) -> Emit<()> {
+    Emit::events(vec![event(
+        kind::ENROLLMENT_AUTHENTICATED,
+        Some(&req.channel.id),
+        json!({
+            "udid": req.identifiers.udid,
+            "serial_number": m.serial_number,
+            "model": m.model,
+            "os_version": m.os_version,
+            "build_version": m.build_version,
+            "product_name": m.product_name,
+            "device_name": m.device_name,
+            "topic": m.topic,
+        }),
+    )])
 }
 
-impl<S> Observe<S> {
-    /// Wrap `inner`.
-    pub fn new(inner: S, outbox: Outbox, enrollments: Arc<dyn EnrollmentStore>) -> Self {
-        Self {
-            inner,
-            outbox,
-            enrollments,
+/// `enrollment.token_updated`, and `enrollment.completed` when the new tally is 1.
+pub fn token_updated(req: &Request, m: &TokenUpdate) -> Emit<u64> {
+    let id = req.channel.id.clone();
+    let kind_name = req.channel.kind.as_str();
+    let parent = req.channel.parent.clone();
+    let awaiting = m.awaiting_configuration;
+    Emit::with(move |tally: &u64| {
+        let data = json!({
+            "kind": kind_name,
+            "tally": tally,
+            "awaiting_configuration": awaiting,
+            "parent": parent,
+        });
+        let mut out = vec![event(
+            kind::ENROLLMENT_TOKEN_UPDATED,
+            Some(&id),
+            data.clone(),
+        )];
+        if *tally == 1 {
+            out.push(event(kind::ENROLLMENT_COMPLETED, Some(&id), data));
         }
-    }
-
-    async fn publish(&self, events: Vec<NewEvent>) {
-        if let Err(err) = self.outbox.publish(events).await {
-            tracing::error!(%err, "could not append events to the outbox");
-        }
-    }
-
-    async fn checkin_events(&self, req: &Request, body: &CheckinBody) -> Vec<NewEvent> {
-        let id = Some(&req.channel.id);
-        match body {
-            CheckinBody::Authenticate(m) => vec![event(
-                kind::ENROLLMENT_AUTHENTICATED,
-                id,
-                json!({
-                    "udid": req.identifiers.udid,
-                    "serial_number": m.serial_number,
-                    "model": m.model,
-                    "os_version": m.os_version,
-                    "build_version": m.build_version,
-                    "product_name": m.product_name,
-                    "device_name": m.device_name,
-                    "topic": m.topic,
-                }),
-            )],
-            CheckinBody::TokenUpdate(m) => {
-                let tally = match self.enrollments.enrollment(&req.channel.id).await {
-                    Ok(Some(e)) => e.token_update_tally,
-                    _ => 0,
-                };
-                let data = json!({
-                    "kind": req.channel.kind.as_str(),
-                    "tally": tally,
-                    "awaiting_configuration": m.awaiting_configuration,
-                    "parent": req.channel.parent,
-                });
-                let mut out = vec![event(kind::ENROLLMENT_TOKEN_UPDATED, id, data.clone())];
-                if tally == 1 {
-                    out.push(event(kind::ENROLLMENT_COMPLETED, id, data));
-                }
-                out
-            }
-            CheckinBody::CheckOut => vec![event(kind::ENROLLMENT_CHECKED_OUT, id, json!({}))],
-            CheckinBody::SetBootstrapToken(t) => vec![event(
-                kind::BOOTSTRAP_TOKEN_STORED,
-                id,
-                json!({"cleared": t.is_none()}),
-            )],
-            CheckinBody::GetBootstrapToken => {
-                vec![event(kind::BOOTSTRAP_TOKEN_RETRIEVED, id, json!({}))]
-            }
-            _ => Vec::new(),
-        }
-    }
+        out
+    })
 }
 
-#[async_trait]
-impl<S: MdmService> MdmService for Observe<S> {
-    async fn checkin(
-        &self,
-        req: &Request,
-        body: &CheckinBody,
-    ) -> Result<CheckinResponse, MdmError> {
-        let response = self.inner.checkin(req, body).await?;
-        let events = self.checkin_events(req, body).await;
-        self.publish(events).await;
-        Ok(response)
-    }
+/// `enrollment.checked_out`.
+pub fn checked_out(req: &Request) -> Emit<Vec<EnrollmentId>> {
+    Emit::events(vec![event(
+        kind::ENROLLMENT_CHECKED_OUT,
+        Some(&req.channel.id),
+        json!({}),
+    )])
+}
 
-    async fn report(
-        &self,
-        req: &Request,
-        report: &CommandReport,
-    ) -> Result<ReportResponse, MdmError> {
-        let response = self.inner.report(req, report).await?;
-        let id = Some(&req.channel.id);
-        let uuid = report.command_uuid.as_deref();
-        let e = match (response.outcome, report.status) {
-            (None, _) => None,
-            (Some(ReportOutcome::NotQueued), status) => Some(event(
+/// `bootstrap_token.stored` (`cleared` when the device removed it).
+pub fn bootstrap_stored(req: &Request, cleared: bool) -> Emit<()> {
+    Emit::events(vec![event(
+        kind::BOOTSTRAP_TOKEN_STORED,
+        Some(&req.channel.id),
+        json!({"cleared": cleared}),
+    )])
+}
+
+/// `bootstrap_token.retrieved` (a read: the event is the only write).
+pub fn bootstrap_retrieved(req: &Request) -> Vec<NewEvent> {
+    vec![event(
+        kind::BOOTSTRAP_TOKEN_RETRIEVED,
+        Some(&req.channel.id),
+        json!({}),
+    )]
+}
+
+/// The event of a non-`Idle` report, from what recording it did: `command.result`,
+/// `command.not_now` or `command.report_unmatched`.
+pub fn reported(req: &Request, report: &CommandReport) -> Emit<ReportOutcome> {
+    let id = req.channel.id.clone();
+    let uuid = report.command_uuid.clone();
+    let status = report.status;
+    let error_chain = report.error_chain.clone();
+    Emit::with(move |outcome: &ReportOutcome| {
+        let id = Some(&id);
+        let e = match (outcome, status) {
+            (ReportOutcome::NotQueued, status) => event(
                 kind::COMMAND_REPORT_UNMATCHED,
                 id,
                 json!({"command_uuid": uuid, "status": status.as_str()}),
-            )),
-            (Some(ReportOutcome::Recorded { .. }), Status::NotNow) => Some(event(
-                kind::COMMAND_NOT_NOW,
-                id,
-                json!({"command_uuid": uuid}),
-            )),
-            (Some(ReportOutcome::Recorded { command_finished }), status) => Some(event(
+            ),
+            (ReportOutcome::Recorded { .. }, Status::NotNow) => {
+                event(kind::COMMAND_NOT_NOW, id, json!({"command_uuid": uuid}))
+            }
+            (ReportOutcome::Recorded { command_finished }, status) => event(
                 kind::COMMAND_RESULT,
                 id,
                 json!({
                     "command_uuid": uuid,
                     "status": status.as_str(),
-                    "error_chain": report.error_chain,
+                    "error_chain": error_chain,
                     "command_finished": command_finished,
                 }),
-            )),
+            ),
         };
-        if let Some(e) = e {
-            self.publish(vec![e]).await;
-        }
-        Ok(response)
-    }
+        vec![e]
+    })
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::chain::{LoadedPlugin, PluginInfo, PolicyChain};
 use super::{Hook, Limits, PluginConfig, PluginError, loader};
 use crate::events::{Outbox, event, kind};
-use crate::store::{PluginStore, StoreError, StoredPlugin};
+use crate::store::{Emit, NewEvent, PluginStore, StoreError, StoredPlugin};
 
 /// A plugin declared in configuration (`[[plugins]]`).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -190,20 +190,24 @@ impl PluginRegistry {
             .find(|p| p.name == name)
             .map(|p| p.order)
             .unwrap_or_else(|| existing.iter().map(|p| p.order + 1).max().unwrap_or(0));
-        self.store
-            .put_plugin(&StoredPlugin {
-                name: name.to_owned(),
-                source,
-                hooks: hooks.map(|h| h.iter().map(|h| h.name().to_owned()).collect()),
-                config,
-                order,
-                uploaded_at: time::OffsetDateTime::now_utc(),
-            })
-            .await?;
-        let loaded = Arc::new(loaded);
         let info = loaded.describe();
-        self.chain.upsert(loaded);
-        self.changed(name, "loaded", Some(&info)).await;
+        let events = self
+            .store
+            .put_plugin_emitting(
+                &StoredPlugin {
+                    name: name.to_owned(),
+                    source,
+                    hooks: hooks.map(|h| h.iter().map(|h| h.name().to_owned()).collect()),
+                    config,
+                    order,
+                    uploaded_at: time::OffsetDateTime::now_utc(),
+                },
+                Emit::events(vec![changed(name, "loaded", Some(&info))]),
+            )
+            .await?
+            .1;
+        self.chain.upsert(Arc::new(loaded));
+        self.outbox.broadcast(&events);
         Ok(info)
     }
 
@@ -213,29 +217,26 @@ impl PluginRegistry {
             return Err(RegistryError::Declared(name.to_owned()));
         }
         let _guard = self.write.lock().await;
-        if !self.store.delete_plugin(name).await? {
+        let removed = changed(name, "removed", None);
+        let (existed, events) = self
+            .store
+            .delete_plugin_emitting(
+                name,
+                Emit::with(move |existed: &bool| {
+                    if *existed {
+                        vec![removed.clone()]
+                    } else {
+                        Vec::new()
+                    }
+                }),
+            )
+            .await?;
+        if !existed {
             return Err(RegistryError::NotFound(name.to_owned()));
         }
         self.chain.remove(name);
-        self.changed(name, "removed", None).await;
+        self.outbox.broadcast(&events);
         Ok(())
-    }
-
-    async fn changed(&self, name: &str, change: &str, info: Option<&PluginInfo>) {
-        let data = json!({
-            "plugin": name,
-            "change": change,
-            "runtime": info.map(|i| i.runtime),
-            "sha256": info.map(|i| i.sha256.clone()),
-            "hooks": info.map(|i| i.hooks.clone()),
-        });
-        if let Err(e) = self
-            .outbox
-            .publish(vec![event(kind::PLUGIN_CHANGED, None, data)])
-            .await
-        {
-            tracing::warn!(error = %e, "could not record plugin.changed");
-        }
     }
 }
 
@@ -274,6 +275,18 @@ async fn load(
             error: PluginError::Load(format!("loader panicked: {e}")),
         })
     })
+}
+
+/// The `plugin.changed` event, written with the change it reports.
+fn changed(name: &str, change: &str, info: Option<&PluginInfo>) -> NewEvent {
+    let data = json!({
+        "plugin": name,
+        "change": change,
+        "runtime": info.map(|i| i.runtime),
+        "sha256": info.map(|i| i.sha256.clone()),
+        "hooks": info.map(|i| i.hooks.clone()),
+    });
+    event(kind::PLUGIN_CHANGED, None, data)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::events::{Outbox, event, kind};
-use crate::store::{ProfileMeta, ProfileStore, StoreError, StoredProfile};
+use crate::store::{Emit, ProfileMeta, ProfileStore, StoreError, StoredProfile};
 use crate::wire::bounded_plist::PlistLimits;
 use crate::wire::command::Command;
 use crate::wire::config_profile::{self, InvalidProfile};
@@ -156,33 +156,34 @@ impl ProfileLibrary {
             uploaded_at: time::OffsetDateTime::now_utc(),
             profile: info,
         };
-        let replaced = self
-            .store
-            .put_profile(&StoredProfile {
-                meta: meta.clone(),
-                bytes,
-            })
-            .await?;
-        let change = if replaced {
-            Change::Replaced
-        } else {
-            Change::Created
-        };
         let p = &meta.profile;
-        self.publish(
-            kind::PROFILE_CHANGED,
-            json!({
-                "name": name,
-                "change": change.as_str(),
-                "identifier": p.identifier,
-                "uuid": p.uuid,
-                "sha256": meta.sha256,
-                "previous_sha256": previous.map(|p| p.meta.sha256),
-                "signed": p.signed,
-                "user_scoped": p.user_scoped,
-            }),
-        )
-        .await;
+        let data = json!({
+            "name": name,
+            "identifier": p.identifier,
+            "uuid": p.uuid,
+            "sha256": meta.sha256,
+            "previous_sha256": previous.map(|p| p.meta.sha256),
+            "signed": p.signed,
+            "user_scoped": p.user_scoped,
+        });
+        // The event says whether the write replaced a profile, so it is built from its outcome.
+        let emit = Emit::with(move |replaced: &bool| {
+            let mut data = data.clone();
+            data["change"] = json!(change_of(*replaced).as_str());
+            vec![event(kind::PROFILE_CHANGED, None, data)]
+        });
+        let (replaced, events) = self
+            .store
+            .put_profile_emitting(
+                &StoredProfile {
+                    meta: meta.clone(),
+                    bytes,
+                },
+                emit,
+            )
+            .await?;
+        self.outbox.broadcast(&events);
+        let change = change_of(replaced);
         Ok(PutOutcome { meta, change })
     }
 
@@ -223,25 +224,39 @@ impl ProfileLibrary {
         } else {
             None
         };
-        if !valid_name(name) || !self.store.delete_profile(name).await? {
+        if !valid_name(name) {
             return Err(ProfileLibraryError::NotFound(name.to_owned()));
         }
-        self.publish(
+        let deleted = event(
             kind::PROFILE_DELETED,
+            None,
             json!({
                 "name": name,
                 "identifier": before.as_ref().map(|p| p.meta.profile.identifier.clone()),
                 "sha256": before.map(|p| p.meta.sha256),
             }),
-        )
-        .await;
+        );
+        let emit = Emit::with(move |existed: &bool| {
+            if *existed {
+                vec![deleted.clone()]
+            } else {
+                Vec::new()
+            }
+        });
+        let (existed, events) = self.store.delete_profile_emitting(name, emit).await?;
+        if !existed {
+            return Err(ProfileLibraryError::NotFound(name.to_owned()));
+        }
+        self.outbox.broadcast(&events);
         Ok(())
     }
+}
 
-    async fn publish(&self, kind: &str, data: serde_json::Value) {
-        if let Err(e) = self.outbox.publish(vec![event(kind, None, data)]).await {
-            tracing::warn!(error = %e, kind, "could not record a profile library event");
-        }
+fn change_of(replaced: bool) -> Change {
+    if replaced {
+        Change::Replaced
+    } else {
+        Change::Created
     }
 }
 

@@ -17,7 +17,7 @@ use crate::events::{Outbox, event, kind};
 use crate::metrics::Metrics;
 use crate::seal::SealKey;
 use crate::store::{
-    EnrollmentQuery, EnrollmentStore, PushInfo, PushStore, SecretStore, StoreError,
+    Emit, EnrollmentQuery, EnrollmentStore, PushInfo, PushStore, SecretStore, StoreError,
 };
 use crate::wire::apns::{Disposition, ExpiryState, PushCertError, PushCertificate};
 use crate::wire::enrollment_id::EnrollmentId;
@@ -216,7 +216,6 @@ impl ApnsPusher {
             SECRET_CERTS,
             &serde_json::to_vec(&pems).expect("strings serialize"),
         );
-        self.secrets.put_secret(SECRET_CERTS, sealed).await?;
         let info = PushCertInfo {
             topic: topic.clone(),
             not_after: rfc3339(not_after),
@@ -224,9 +223,11 @@ impl ApnsPusher {
             state,
         };
         let e = event(kind::PUSH_CERTIFICATE_UPLOADED, None, json!(info));
-        if let Err(err) = self.outbox.publish(vec![e]).await {
-            tracing::warn!(%err, "could not record push_certificate.uploaded");
-        }
+        let events = self
+            .secrets
+            .put_secret_emitting(SECRET_CERTS, sealed, Emit::events(vec![e]))
+            .await?;
+        self.outbox.broadcast(&events);
         Ok(info)
     }
 
@@ -419,16 +420,14 @@ impl ApnsPusher {
             Ok(Disposition::InvalidToken(reason)) => {
                 self.record(true);
                 self.metrics.push_failed();
-                if let Err(err) = self.store.invalidate_push(id).await {
-                    tracing::error!(%err, %id, "could not mark push token invalid");
-                }
                 let e = event(
                     kind::PUSH_TOKEN_INVALID,
                     Some(id),
                     json!({"reason": reason.as_str(), "token": info.token}),
                 );
-                if let Err(err) = self.outbox.publish(vec![e]).await {
-                    tracing::warn!(%err, "could not record push.token_invalid");
+                match self.store.invalidate_push(id, Emit::events(vec![e])).await {
+                    Ok(events) => self.outbox.broadcast(&events),
+                    Err(err) => tracing::error!(%err, %id, "could not mark push token invalid"),
                 }
                 PushOutcome::Failed(format!("APNs: {} (token marked invalid)", reason.as_str()))
             }

@@ -52,9 +52,12 @@ pub async fn enroll<S: Store>(store: &S, udid: &str) -> Channel {
         serial_number: Some(format!("SN-{udid}")),
         ..Default::default()
     };
-    store.store_authenticate(&c, &auth, now()).await.unwrap();
     store
-        .store_token_update(&c, &token_update(), None, (None, None), now())
+        .store_authenticate(&c, &auth, now(), Emit::none())
+        .await
+        .unwrap();
+    store
+        .store_token_update(&c, &token_update(), None, (None, None), now(), Emit::none())
         .await
         .unwrap();
     c
@@ -83,7 +86,11 @@ async fn report<S: Store>(
         error_chain: vec![],
         raw: format!("report {uuid} {}", status.as_str()).into_bytes(),
     };
-    store.record_report(id, &r, now()).await.unwrap()
+    store
+        .record_report(id, &r, now(), Emit::none())
+        .await
+        .unwrap()
+        .0
 }
 
 async fn next<S: Store>(store: &S, id: &EnrollmentId, mode: NextCommand) -> Option<String> {
@@ -272,10 +279,13 @@ async fn machine_info<S: Store>(store: &S) {
         ..Default::default()
     };
     let t0 = now();
-    store.record_machine_info(&info, t0).await.unwrap();
+    store
+        .record_machine_info(&info, t0, Emit::none())
+        .await
+        .unwrap();
     info.os_version = Some("14.1".into());
     store
-        .record_machine_info(&info, t0 + Duration::seconds(5))
+        .record_machine_info(&info, t0 + Duration::seconds(5), Emit::none())
         .await
         .unwrap();
     let r = store.machine_info("MI-1").await.unwrap().unwrap();
@@ -612,10 +622,11 @@ async fn user_channel_cascade<S: Store>(store: &S) {
             None,
             (Some("jane".into()), None),
             now(),
+            Emit::none(),
         )
         .await
         .unwrap();
-    assert_eq!(tally, 1);
+    assert_eq!(tally.0, 1);
     let e = store.enrollment(&u.id).await.unwrap().unwrap();
     assert!(e.enabled);
     assert_eq!(e.parent.as_ref(), Some(&d.id));
@@ -624,7 +635,7 @@ async fn user_channel_cascade<S: Store>(store: &S) {
         store.user_channels(&d.id).await.unwrap(),
         vec![u.id.clone()]
     );
-    let mut disabled = store.disable(&d.id, now()).await.unwrap();
+    let (mut disabled, _) = store.disable(&d.id, now(), Emit::none()).await.unwrap();
     disabled.sort();
     assert_eq!(
         disabled,
@@ -651,12 +662,13 @@ async fn token_update_tally_and_unlock_token<S: Store>(store: &S) {
             Some(b"sealed-unlock".to_vec()),
             (None, None),
             now(),
+            Emit::none(),
         )
         .await
         .unwrap();
-    assert_eq!(t2, 2);
+    assert_eq!(t2.0, 2);
     store
-        .store_token_update(&c, &token_update(), None, (None, None), now())
+        .store_token_update(&c, &token_update(), None, (None, None), now(), Emit::none())
         .await
         .unwrap();
     let e = store.enrollment(&c.id).await.unwrap().unwrap();
@@ -670,7 +682,10 @@ async fn token_update_tally_and_unlock_token<S: Store>(store: &S) {
         topic: "t".into(),
         ..Default::default()
     };
-    store.store_authenticate(&c, &auth, now()).await.unwrap();
+    store
+        .store_authenticate(&c, &auth, now(), Emit::none())
+        .await
+        .unwrap();
     let e = store.enrollment(&c.id).await.unwrap().unwrap();
     assert_eq!(
         (e.enabled, e.token_update_tally),
@@ -683,7 +698,7 @@ async fn token_update_tally_and_unlock_token<S: Store>(store: &S) {
         .unwrap();
     assert!(push[0].1.is_none());
     store
-        .store_token_update(&c, &token_update(), None, (None, None), now())
+        .store_token_update(&c, &token_update(), None, (None, None), now(), Emit::none())
         .await
         .unwrap();
     let push = store
@@ -691,7 +706,7 @@ async fn token_update_tally_and_unlock_token<S: Store>(store: &S) {
         .await
         .unwrap();
     assert_eq!(push[0].1.as_ref().unwrap().token, "ab".repeat(32));
-    store.invalidate_push(&c.id).await.unwrap();
+    store.invalidate_push(&c.id, Emit::none()).await.unwrap();
     let push = store
         .push_targets(std::slice::from_ref(&c.id))
         .await
@@ -785,14 +800,17 @@ async fn events_bootstrap_secrets<S: Store>(store: &S) {
     let id = EnrollmentId::new("B-1");
     assert_eq!(store.bootstrap_token(&id).await.unwrap(), None);
     store
-        .store_bootstrap_token(&id, Some(b"bt".to_vec()))
+        .store_bootstrap_token(&id, Some(b"bt".to_vec()), Emit::none())
         .await
         .unwrap();
     assert_eq!(
         store.bootstrap_token(&id).await.unwrap().as_deref(),
         Some(&b"bt"[..])
     );
-    store.store_bootstrap_token(&id, None).await.unwrap();
+    store
+        .store_bootstrap_token(&id, None, Emit::none())
+        .await
+        .unwrap();
     assert_eq!(store.bootstrap_token(&id).await.unwrap(), None);
 
     store

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Event, NewEvent, StoreResult, Timestamp};
+use super::{Emit, Event, NewEvent, StoreResult, Timestamp};
 
 /// A team: where a device belongs, which enrollment profile it gets, and its setup defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,9 +317,30 @@ impl LifecycleWrite {
 #[async_trait]
 pub trait TeamStore: Send + Sync {
     /// Create or replace a team.
-    async fn put_team(&self, team: &Team) -> StoreResult<()>;
+    async fn put_team(&self, team: &Team) -> StoreResult<()> {
+        self.put_team_emitting(team, Emit::none())
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// [`Self::put_team`], appending `emit`'s events (built from the outcome) in the same
+    /// transaction.
+    async fn put_team_emitting(&self, team: &Team, emit: Emit<()>)
+    -> StoreResult<((), Vec<Event>)>;
     /// Delete a team; whether it existed. Devices in it keep the name until placed again.
-    async fn delete_team(&self, name: &str) -> StoreResult<bool>;
+    async fn delete_team(&self, name: &str) -> StoreResult<bool> {
+        self.delete_team_emitting(name, Emit::none())
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// [`Self::delete_team`], appending `emit`'s events (built from the outcome) in the same
+    /// transaction.
+    async fn delete_team_emitting(
+        &self,
+        name: &str,
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)>;
     /// One team.
     async fn team(&self, name: &str) -> StoreResult<Option<Team>>;
     /// Every team, by name.

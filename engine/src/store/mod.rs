@@ -34,6 +34,10 @@ pub enum StoreError {
     /// The backend failed (I/O, corruption, a closed database). Usually transient for callers.
     #[error("storage backend error: {0}")]
     Backend(String),
+    /// The database cannot be used right now: an I/O error such as a full disk. Requests get
+    /// HTTP 503 until the store has reopened the database by itself; nothing committed is lost.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// A stored record could not be decoded.
     #[error("stored record {what} is corrupt: {detail}")]
     Corrupt {
@@ -73,16 +77,18 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[async_trait]
 pub trait EnrollmentStore: Send + Sync {
     /// Record an `Authenticate` for a device channel: create or refresh it, disabled, tally reset.
+    /// Appends `emit`'s events in the same transaction and returns them.
     async fn store_authenticate(
         &self,
         channel: &Channel,
         message: &Authenticate,
         now: Timestamp,
-    ) -> StoreResult<()>;
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>>;
 
     /// Record a `TokenUpdate`: store push info, enable the channel (creating user channels on their
     /// first one), bump and return the tally. `unlock_token_sealed` replaces the stored one only when
-    /// present.
+    /// present. Appends `emit`'s events (built from the new tally) in the same transaction.
     async fn store_token_update(
         &self,
         channel: &Channel,
@@ -90,10 +96,17 @@ pub trait EnrollmentStore: Send + Sync {
         unlock_token_sealed: Option<Vec<u8>>,
         user_names: (Option<String>, Option<String>),
         now: Timestamp,
-    ) -> StoreResult<u64>;
+        emit: Emit<u64>,
+    ) -> StoreResult<(u64, Vec<Event>)>;
 
-    /// Disable a channel and, for a device channel, all its user channels. Returns the IDs disabled.
-    async fn disable(&self, id: &EnrollmentId, now: Timestamp) -> StoreResult<Vec<EnrollmentId>>;
+    /// Disable a channel and, for a device channel, all its user channels. Returns the IDs disabled
+    /// and `emit`'s events, appended in the same transaction.
+    async fn disable(
+        &self,
+        id: &EnrollmentId,
+        now: Timestamp,
+        emit: Emit<Vec<EnrollmentId>>,
+    ) -> StoreResult<(Vec<EnrollmentId>, Vec<Event>)>;
 
     /// One enrollment.
     async fn enrollment(&self, id: &EnrollmentId) -> StoreResult<Option<Enrollment>>;
@@ -117,8 +130,9 @@ pub trait PushStore: Send + Sync {
         ids: &[EnrollmentId],
     ) -> StoreResult<Vec<(EnrollmentId, Option<PushInfo>)>>;
 
-    /// Mark an enrollment's push token invalid (APNs said so).
-    async fn invalidate_push(&self, id: &EnrollmentId) -> StoreResult<()>;
+    /// Mark an enrollment's push token invalid (APNs said so), appending `emit`'s events in the
+    /// same transaction.
+    async fn invalidate_push(&self, id: &EnrollmentId, emit: Emit<()>) -> StoreResult<Vec<Event>>;
 }
 
 /// Certificate pinning: which device identity belongs to which enrollment.
@@ -132,7 +146,19 @@ pub trait IdentityStore: Send + Sync {
 
     /// Pin a certificate to an enrollment (replacing its current pin; old hashes stay owned by it
     /// so no other enrollment can reuse them).
-    async fn pin_cert(&self, id: &EnrollmentId, hash: &CertHash) -> StoreResult<()>;
+    async fn pin_cert(&self, id: &EnrollmentId, hash: &CertHash) -> StoreResult<()> {
+        self.pin_cert_emitting(id, hash, Emit::none())
+            .await
+            .map(drop)
+    }
+
+    /// [`IdentityStore::pin_cert`], appending `emit`'s events in the same transaction.
+    async fn pin_cert_emitting(
+        &self,
+        id: &EnrollmentId,
+        hash: &CertHash,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>>;
 
     /// Record that certificate `new` renews certificate `old` (from a SCEP RenewalReq).
     async fn link_renewal(&self, old: &CertHash, new: &CertHash) -> StoreResult<()>;
@@ -151,7 +177,21 @@ pub trait QueueStore: Send + Sync {
         targets: &[EnrollmentId],
         max_queue_len: usize,
         now: Timestamp,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        self.enqueue_emitting(command, targets, max_queue_len, now, Emit::none())
+            .await
+            .map(drop)
+    }
+
+    /// [`QueueStore::enqueue`], appending `emit`'s events in the same transaction.
+    async fn enqueue_emitting(
+        &self,
+        command: &Command,
+        targets: &[EnrollmentId],
+        max_queue_len: usize,
+        now: Timestamp,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>>;
 
     /// The next command for an enrollment.
     async fn next_command(
@@ -160,13 +200,15 @@ pub trait QueueStore: Send + Sync {
         mode: NextCommand,
     ) -> StoreResult<Option<QueuedCommand>>;
 
-    /// Record a non-`Idle` report. A report for a command not queued for `id` changes nothing.
+    /// Record a non-`Idle` report. A report for a command not queued for `id` changes nothing but
+    /// `emit`'s events (built from the outcome), appended in the same transaction.
     async fn record_report(
         &self,
         id: &EnrollmentId,
         report: &ReportRecord,
         now: Timestamp,
-    ) -> StoreResult<ReportOutcome>;
+        emit: Emit<ReportOutcome>,
+    ) -> StoreResult<(ReportOutcome, Vec<Event>)>;
 
     /// Cancel every queued command of these enrollments. Returns how many were removed.
     async fn clear_queue(&self, ids: &[EnrollmentId], now: Timestamp) -> StoreResult<u64>;
@@ -188,12 +230,14 @@ pub trait QueueStore: Send + Sync {
 /// Bootstrap tokens (sealed by the caller).
 #[async_trait]
 pub trait BootstrapStore: Send + Sync {
-    /// Store or clear a device's sealed bootstrap token.
+    /// Store or clear a device's sealed bootstrap token, appending `emit`'s events in the same
+    /// transaction.
     async fn store_bootstrap_token(
         &self,
         id: &EnrollmentId,
         sealed: Option<Vec<u8>>,
-    ) -> StoreResult<()>;
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>>;
 
     /// A device's sealed bootstrap token.
     async fn bootstrap_token(&self, id: &EnrollmentId) -> StoreResult<Option<Vec<u8>>>;
@@ -220,7 +264,19 @@ pub trait SecretStore: Send + Sync {
     async fn secret(&self, name: &str) -> StoreResult<Option<Vec<u8>>>;
 
     /// Store (replace) a secret.
-    async fn put_secret(&self, name: &str, sealed: Vec<u8>) -> StoreResult<()>;
+    async fn put_secret(&self, name: &str, sealed: Vec<u8>) -> StoreResult<()> {
+        self.put_secret_emitting(name, sealed, Emit::none())
+            .await
+            .map(drop)
+    }
+
+    /// [`SecretStore::put_secret`], appending `emit`'s events in the same transaction.
+    async fn put_secret_emitting(
+        &self,
+        name: &str,
+        sealed: Vec<u8>,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>>;
 }
 
 /// Outcome of consuming a one-time SCEP challenge.
@@ -293,8 +349,14 @@ pub trait ChallengeStore: ScepTransactionStore + Send + Sync {
 /// What devices reported when they asked to enroll (signed MachineInfo), by UDID.
 #[async_trait]
 pub trait DeviceInfoStore: Send + Sync {
-    /// Record (replace) a device's latest MachineInfo.
-    async fn record_machine_info(&self, info: &MachineInfo, now: Timestamp) -> StoreResult<()>;
+    /// Record (replace) a device's latest MachineInfo, appending `emit`'s events in the same
+    /// transaction.
+    async fn record_machine_info(
+        &self,
+        info: &MachineInfo,
+        now: Timestamp,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>>;
 
     /// A device's latest MachineInfo and when it arrived.
     async fn machine_info(&self, udid: &str) -> StoreResult<Option<MachineInfoRecord>>;

@@ -312,6 +312,63 @@ pub struct NewEvent {
     pub data: serde_json::Value,
 }
 
+/// The events a write appends in its own transaction, built from the write's outcome.
+///
+/// Store writes that report a state change take one, so the change and the events describing it
+/// commit together or not at all (the transactional outbox). The builder may run more than once
+/// (a group-commit batch is re-run without a failed member), so it must be pure.
+pub struct Emit<T>(Option<std::sync::Arc<EmitFn<T>>>);
+
+/// The builder inside an [`Emit`].
+type EmitFn<T> = dyn Fn(&T) -> Vec<NewEvent> + Send + Sync;
+
+impl<T> Emit<T> {
+    /// No events.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// These events, whatever the outcome.
+    pub fn events(events: Vec<NewEvent>) -> Self {
+        if events.is_empty() {
+            return Self(None);
+        }
+        Self(Some(std::sync::Arc::new(move |_: &T| events.clone())))
+    }
+
+    /// Events computed from the outcome (for example only when something changed).
+    pub fn with(build: impl Fn(&T) -> Vec<NewEvent> + Send + Sync + 'static) -> Self {
+        Self(Some(std::sync::Arc::new(build)))
+    }
+
+    /// The events for `outcome`.
+    pub fn build(&self, outcome: &T) -> Vec<NewEvent> {
+        self.0.as_ref().map_or_else(Vec::new, |f| f(outcome))
+    }
+}
+
+impl<T> Clone for Emit<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Default for Emit<T> {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
+impl<T> std::fmt::Debug for Emit<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Emit(..)"
+        } else {
+            "Emit(none)"
+        })
+    }
+}
+
 /// A device's latest signed MachineInfo.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineInfoRecord {

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{StoreResult, Timestamp};
+use super::{Emit, Event, StoreResult, Timestamp};
 use crate::wire::command::Command;
 use crate::wire::config_profile::{ProfileInfo, install_profile_command};
 
@@ -45,7 +45,19 @@ impl StoredProfile {
 pub trait ProfileStore: Send + Sync {
     /// Create or replace a profile (metadata and bytes in one transaction). Returns whether it
     /// replaced one.
-    async fn put_profile(&self, profile: &StoredProfile) -> StoreResult<bool>;
+    async fn put_profile(&self, profile: &StoredProfile) -> StoreResult<bool> {
+        self.put_profile_emitting(profile, Emit::none())
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// [`Self::put_profile`], appending `emit`'s events (built from the outcome) in the same
+    /// transaction.
+    async fn put_profile_emitting(
+        &self,
+        profile: &StoredProfile,
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)>;
 
     /// One profile with its bytes.
     async fn profile(&self, name: &str) -> StoreResult<Option<StoredProfile>>;
@@ -54,5 +66,17 @@ pub trait ProfileStore: Send + Sync {
     async fn profiles(&self) -> StoreResult<Vec<ProfileMeta>>;
 
     /// Delete a profile (metadata and bytes). Returns whether it existed.
-    async fn delete_profile(&self, name: &str) -> StoreResult<bool>;
+    async fn delete_profile(&self, name: &str) -> StoreResult<bool> {
+        self.delete_profile_emitting(name, Emit::none())
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// [`Self::delete_profile`], appending `emit`'s events (built from the outcome) in the same
+    /// transaction.
+    async fn delete_profile_emitting(
+        &self,
+        name: &str,
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)>;
 }

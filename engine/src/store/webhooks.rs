@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{StoreResult, Timestamp};
+use super::{Emit, Event, StoreResult, Timestamp};
 
 /// A webhook subscription as stored: where to deliver, what, and how far delivery got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +85,19 @@ pub trait WebhookStore: Send + Sync {
         &self,
         subscription: &WebhookSubscription,
         start: WebhookStart,
-    ) -> StoreResult<WebhookSubscription>;
+    ) -> StoreResult<WebhookSubscription> {
+        self.put_webhook_emitting(subscription, start, Emit::none())
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// [`Self::put_webhook`], appending `emit`'s events in the same transaction.
+    async fn put_webhook_emitting(
+        &self,
+        subscription: &WebhookSubscription,
+        start: WebhookStart,
+        emit: Emit<WebhookSubscription>,
+    ) -> StoreResult<(WebhookSubscription, Vec<Event>)>;
 
     /// One subscription.
     async fn webhook(&self, name: &str) -> StoreResult<Option<WebhookSubscription>>;
@@ -94,7 +106,19 @@ pub trait WebhookStore: Send + Sync {
     async fn webhooks(&self) -> StoreResult<Vec<WebhookSubscription>>;
 
     /// Delete a subscription; whether it existed.
-    async fn delete_webhook(&self, name: &str) -> StoreResult<bool>;
+    async fn delete_webhook(&self, name: &str) -> StoreResult<bool> {
+        self.delete_webhook_emitting(name, Emit::none())
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// [`Self::delete_webhook`], appending `emit`'s events (built from whether it existed) in the
+    /// same transaction.
+    async fn delete_webhook_emitting(
+        &self,
+        name: &str,
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)>;
 
     /// Replace the delivery state of subscription `name` if its revision is still `revision`.
     /// Returns false (and changes nothing) if it was deleted or replaced meanwhile.

@@ -35,7 +35,8 @@ pub use signature::{SignatureError, sign, verify};
 use crate::events::{Outbox, event, kind};
 use crate::seal::{SealError, SealKey};
 use crate::store::{
-    Event, StoreError, Timestamp, WebhookDelivery, WebhookStart, WebhookStore, WebhookSubscription,
+    Emit, Event, NewEvent, StoreError, Timestamp, WebhookDelivery, WebhookStart, WebhookStore,
+    WebhookSubscription,
 };
 
 /// Delivery timing. The defaults suit production; tests shorten them.
@@ -410,12 +411,14 @@ impl WebhookService {
             updated_at: t,
             delivery: WebhookDelivery::default(),
         };
-        let stored = store.put_webhook(&record, start).await?;
+        let created = old.is_none();
+        let changed = change_event(name, if created { "created" } else { "replaced" });
+        let (stored, events) = store
+            .put_webhook_emitting(&record, start, Emit::events(vec![changed]))
+            .await?;
+        self.inner.shared.outbox.broadcast(&events);
         ensure_worker(&self.inner, name, true);
         drop(_admin);
-        let created = old.is_none();
-        self.publish_change(name, if created { "created" } else { "replaced" })
-            .await;
         Ok(PutOutcome {
             webhook: Webhook::from(&stored),
             created,
@@ -450,7 +453,21 @@ impl WebhookService {
     /// Delete a subscription and stop its worker.
     pub async fn delete(&self, name: &str) -> Result<(), WebhookError> {
         let admin = self.inner.admin.lock().await;
-        if !self.inner.shared.store.delete_webhook(name).await? {
+        let deleted = change_event(name, "deleted");
+        let emit = Emit::with(move |existed: &bool| {
+            if *existed {
+                vec![deleted.clone()]
+            } else {
+                Vec::new()
+            }
+        });
+        let (existed, events) = self
+            .inner
+            .shared
+            .store
+            .delete_webhook_emitting(name, emit)
+            .await?;
+        if !existed {
             return Err(WebhookError::NotFound(name.to_owned()));
         }
         let worker = self
@@ -463,7 +480,7 @@ impl WebhookService {
             w.task.abort();
         }
         drop(admin);
-        self.publish_change(name, "deleted").await;
+        self.inner.shared.outbox.broadcast(&events);
         Ok(())
     }
 
@@ -498,17 +515,15 @@ impl WebhookService {
             duration_ms: u64::try_from(a.duration.as_millis()).unwrap_or(u64::MAX),
         })
     }
+}
 
-    async fn publish_change(&self, name: &str, action: &str) {
-        let e = event(
-            kind::WEBHOOK_CHANGED,
-            None,
-            json!({"name": name, "action": action}),
-        );
-        if let Err(err) = self.inner.shared.outbox.publish(vec![e]).await {
-            tracing::warn!(%err, "could not record webhook event");
-        }
-    }
+/// The `webhook.changed` event, written with the change it reports.
+fn change_event(name: &str, action: &str) -> NewEvent {
+    event(
+        kind::WEBHOOK_CHANGED,
+        None,
+        json!({"name": name, "action": action}),
+    )
 }
 
 /// Make sure `name` has a running worker (once the service is started); `kick` wakes an existing

@@ -16,7 +16,7 @@ use super::tables::{
 use super::{RedbStore, backend, decode, encode};
 use crate::seal::{SealKey, context};
 use crate::store::{
-    DeviceQuery, DeviceRecord, DeviceStore, Event, LifecycleWrite, SetupRecord, SetupState,
+    DeviceQuery, DeviceRecord, DeviceStore, Emit, Event, LifecycleWrite, SetupRecord, SetupState,
     StoreResult, Team, TeamStore, Timestamp,
 };
 
@@ -30,10 +30,14 @@ fn cursor_key(name: &str) -> String {
 
 #[async_trait]
 impl TeamStore for RedbStore {
-    async fn put_team(&self, team: &Team) -> StoreResult<()> {
+    async fn put_team_emitting(
+        &self,
+        team: &Team,
+        emit: Emit<()>,
+    ) -> StoreResult<((), Vec<Event>)> {
         let name = team.name.clone();
         let sealed = seal_json(&self.seal, &context::team(&name), team);
-        self.write(move |txn| {
+        self.write_emitting(emit, time::OffsetDateTime::now_utc(), move |txn| {
             txn.open_table(TEAMS)
                 .map_err(backend)?
                 .insert(name.as_str(), sealed.as_slice())
@@ -43,9 +47,13 @@ impl TeamStore for RedbStore {
         .await
     }
 
-    async fn delete_team(&self, name: &str) -> StoreResult<bool> {
+    async fn delete_team_emitting(
+        &self,
+        name: &str,
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)> {
         let name = name.to_owned();
-        self.write(move |txn| {
+        self.write_emitting(emit, time::OffsetDateTime::now_utc(), move |txn| {
             Ok(txn
                 .open_table(TEAMS)
                 .map_err(backend)?

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use super::tables::{ENROLLMENTS, USER_CHANNELS};
 use super::{RedbStore, backend, decode, encode};
 use crate::store::{
-    DeviceFacts, Enrollment, EnrollmentQuery, EnrollmentStore, PushInfo, PushStore, StoreResult,
-    Timestamp,
+    DeviceFacts, Emit, Enrollment, EnrollmentQuery, EnrollmentStore, Event, PushInfo, PushStore,
+    StoreResult, Timestamp,
 };
 use crate::wire::checkin::{Authenticate, TokenUpdate};
 use crate::wire::enrollment_id::{Channel, EnrollmentId};
@@ -38,10 +38,11 @@ impl EnrollmentStore for RedbStore {
         channel: &Channel,
         m: &Authenticate,
         now: Timestamp,
-    ) -> StoreResult<()> {
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
         let channel = channel.clone();
         let m = m.clone();
-        self.write(move |txn| {
+        self.write_emitting(emit, now, move |txn| {
             let mut e = load(txn, channel.id.as_str())?
                 .unwrap_or_else(|| Enrollment::new(channel.id.clone(), None, channel.kind, now));
             e.enabled = false;
@@ -66,6 +67,7 @@ impl EnrollmentStore for RedbStore {
             save(txn, &e)
         })
         .await
+        .map(|(_, events)| events)
     }
 
     async fn store_token_update(
@@ -75,10 +77,11 @@ impl EnrollmentStore for RedbStore {
         unlock_token_sealed: Option<Vec<u8>>,
         user_names: (Option<String>, Option<String>),
         now: Timestamp,
-    ) -> StoreResult<u64> {
+        emit: Emit<u64>,
+    ) -> StoreResult<(u64, Vec<Event>)> {
         let channel = channel.clone();
         let m = m.clone();
-        self.write(move |txn| {
+        self.write_emitting(emit, now, move |txn| {
             let mut e = match load(txn, channel.id.as_str())? {
                 Some(e) => e,
                 None => {
@@ -123,9 +126,14 @@ impl EnrollmentStore for RedbStore {
         .await
     }
 
-    async fn disable(&self, id: &EnrollmentId, now: Timestamp) -> StoreResult<Vec<EnrollmentId>> {
+    async fn disable(
+        &self,
+        id: &EnrollmentId,
+        now: Timestamp,
+        emit: Emit<Vec<EnrollmentId>>,
+    ) -> StoreResult<(Vec<EnrollmentId>, Vec<Event>)> {
         let id = id.clone();
-        self.write(move |txn| {
+        self.write_emitting(emit, now, move |txn| {
             let mut ids = vec![id.clone()];
             {
                 let idx = txn.open_table(USER_CHANNELS).map_err(backend)?;
@@ -252,9 +260,10 @@ impl PushStore for RedbStore {
         })
     }
 
-    async fn invalidate_push(&self, id: &EnrollmentId) -> StoreResult<()> {
+    async fn invalidate_push(&self, id: &EnrollmentId, emit: Emit<()>) -> StoreResult<Vec<Event>> {
         let id = id.clone();
-        self.write(move |txn| {
+        let now = time::OffsetDateTime::now_utc();
+        self.write_emitting(emit, now, move |txn| {
             if let Some(mut e) = load(txn, id.as_str())?
                 && let Some(p) = e.push.as_mut()
             {
@@ -264,5 +273,6 @@ impl PushStore for RedbStore {
             Ok(())
         })
         .await
+        .map(|(_, events)| events)
     }
 }

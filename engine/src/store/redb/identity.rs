@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::tables::{CERT_OWNER, CERT_PIN, CERT_RENEWAL};
 use super::{RedbStore, backend};
-use crate::store::{CertHash, IdentityStore, StoreError, StoreResult};
+use crate::store::{CertHash, Emit, Event, IdentityStore, StoreError, StoreResult};
 use crate::wire::enrollment_id::EnrollmentId;
 
 fn to_hash(what: &str, bytes: &[u8]) -> StoreResult<CertHash> {
@@ -38,9 +38,15 @@ impl IdentityStore for RedbStore {
         })
     }
 
-    async fn pin_cert(&self, id: &EnrollmentId, hash: &CertHash) -> StoreResult<()> {
+    async fn pin_cert_emitting(
+        &self,
+        id: &EnrollmentId,
+        hash: &CertHash,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
         let (id, hash) = (id.clone(), *hash);
-        self.write(move |txn| {
+        let now = time::OffsetDateTime::now_utc();
+        self.write_emitting(emit, now, move |txn| {
             txn.open_table(CERT_OWNER)
                 .map_err(backend)?
                 .insert(hash.0.as_slice(), id.as_str())
@@ -52,6 +58,7 @@ impl IdentityStore for RedbStore {
             Ok(())
         })
         .await
+        .map(|(_, events)| events)
     }
 
     async fn link_renewal(&self, old: &CertHash, new: &CertHash) -> StoreResult<()> {

@@ -3,10 +3,12 @@
 use ::redb::ReadableTable;
 use async_trait::async_trait;
 
-use super::tables::{BOOTSTRAP, CHALLENGES, EVENTS, MACHINE_INFO, SECRETS, next_seq};
+use super::tables::{
+    BOOTSTRAP, CHALLENGE_EXPIRY, CHALLENGES, EVENTS, MACHINE_INFO, SECRETS, next_seq,
+};
 use super::{RedbStore, backend, decode, encode};
 use crate::store::{
-    BootstrapStore, ChallengeStatus, ChallengeStore, DeviceInfoStore, Event, EventStore,
+    BootstrapStore, ChallengeStatus, ChallengeStore, DeviceInfoStore, Emit, Event, EventStore,
     MachineInfoRecord, NewEvent, SecretStore, StoreResult, Timestamp,
 };
 use crate::wire::enrollment_id::EnrollmentId;
@@ -18,9 +20,11 @@ impl BootstrapStore for RedbStore {
         &self,
         id: &EnrollmentId,
         sealed: Option<Vec<u8>>,
-    ) -> StoreResult<()> {
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
         let id = id.clone();
-        self.write(move |txn| {
+        let now = time::OffsetDateTime::now_utc();
+        self.write_emitting(emit, now, move |txn| {
             let mut t = txn.open_table(BOOTSTRAP).map_err(backend)?;
             match &sealed {
                 Some(s) => t.insert(id.as_str(), s.as_slice()).map_err(backend)?,
@@ -29,6 +33,7 @@ impl BootstrapStore for RedbStore {
             Ok(())
         })
         .await
+        .map(|(_, events)| events)
     }
 
     async fn bootstrap_token(&self, id: &EnrollmentId) -> StoreResult<Option<Vec<u8>>> {
@@ -120,9 +125,15 @@ impl SecretStore for RedbStore {
         })
     }
 
-    async fn put_secret(&self, name: &str, sealed: Vec<u8>) -> StoreResult<()> {
+    async fn put_secret_emitting(
+        &self,
+        name: &str,
+        sealed: Vec<u8>,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
         let name = name.to_owned();
-        self.write(move |txn| {
+        let now = time::OffsetDateTime::now_utc();
+        self.write_emitting(emit, now, move |txn| {
             txn.open_table(SECRETS)
                 .map_err(backend)?
                 .insert(name.as_str(), sealed.as_slice())
@@ -130,6 +141,7 @@ impl SecretStore for RedbStore {
             Ok(())
         })
         .await
+        .map(|(_, events)| events)
     }
 }
 
@@ -146,6 +158,62 @@ fn challenge_key(challenge: &str) -> [u8; 32] {
     openssl::sha::sha256(challenge.as_bytes())
 }
 
+/// Most expired challenges removed in one write transaction.
+pub(super) const PRUNE_BATCH: usize = 1000;
+
+fn unix_ms(t: Timestamp) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Index every stored challenge by expiry (the one-time migration of files from before the
+/// index). Returns how many were indexed.
+pub(super) fn index_challenges(txn: &::redb::WriteTransaction) -> StoreResult<u64> {
+    let challenges = txn.open_table(CHALLENGES).map_err(backend)?;
+    let mut index = txn.open_table(CHALLENGE_EXPIRY).map_err(backend)?;
+    let mut n = 0;
+    for entry in challenges.range::<&[u8]>(..).map_err(backend)? {
+        let (k, v) = entry.map_err(backend)?;
+        let state: ChallengeState = decode("SCEP challenge", v.value())?;
+        index
+            .insert((unix_ms(state.expires_at), k.value()), ())
+            .map_err(backend)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+impl RedbStore {
+    /// Remove up to `limit` challenges that expired before `before`, oldest first, through the
+    /// expiry index (never a scan of the challenge table). Returns how many.
+    pub(super) async fn prune_challenge_batch(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> StoreResult<u64> {
+        let before_ms = unix_ms(before);
+        self.write(move |txn| {
+            let mut index = txn.open_table(CHALLENGE_EXPIRY).map_err(backend)?;
+            let mut doomed = Vec::new();
+            for entry in index
+                .range::<(i64, &[u8])>((i64::MIN, &[][..])..(before_ms, &[][..]))
+                .map_err(backend)?
+                .take(limit)
+            {
+                let (k, _) = entry.map_err(backend)?;
+                let (at, hash) = k.value();
+                doomed.push((at, hash.to_vec()));
+            }
+            let mut challenges = txn.open_table(CHALLENGES).map_err(backend)?;
+            for (at, hash) in &doomed {
+                index.remove((*at, hash.as_slice())).map_err(backend)?;
+                challenges.remove(hash.as_slice()).map_err(backend)?;
+            }
+            Ok(doomed.len() as u64)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl ChallengeStore for RedbStore {
     async fn put_challenge(&self, challenge: &str, expires_at: Timestamp) -> StoreResult<()> {
@@ -158,6 +226,10 @@ impl ChallengeStore for RedbStore {
             txn.open_table(CHALLENGES)
                 .map_err(backend)?
                 .insert(key.as_slice(), encode(&state).as_slice())
+                .map_err(backend)?;
+            txn.open_table(CHALLENGE_EXPIRY)
+                .map_err(backend)?
+                .insert((unix_ms(expires_at), key.as_slice()), ())
                 .map_err(backend)?;
             Ok(())
         })
@@ -195,30 +267,28 @@ impl ChallengeStore for RedbStore {
     }
 
     async fn prune_challenges(&self, before: Timestamp) -> StoreResult<u64> {
-        self.write(move |txn| {
-            let mut t = txn.open_table(CHALLENGES).map_err(backend)?;
-            let mut doomed = Vec::new();
-            for entry in t.range::<&[u8]>(..).map_err(backend)? {
-                let (k, v) = entry.map_err(backend)?;
-                let state: ChallengeState = decode("SCEP challenge", v.value())?;
-                if state.expires_at < before {
-                    doomed.push(k.value().to_vec());
-                }
+        // Bounded batches, each its own short write, so check-ins interleave with a big prune.
+        let mut total = 0;
+        loop {
+            let n = self.prune_challenge_batch(before, PRUNE_BATCH).await?;
+            total += n;
+            if n < PRUNE_BATCH as u64 {
+                return Ok(total);
             }
-            for k in &doomed {
-                t.remove(k.as_slice()).map_err(backend)?;
-            }
-            Ok(doomed.len() as u64)
-        })
-        .await
+        }
     }
 }
 
 #[async_trait]
 impl DeviceInfoStore for RedbStore {
-    async fn record_machine_info(&self, info: &MachineInfo, now: Timestamp) -> StoreResult<()> {
+    async fn record_machine_info(
+        &self,
+        info: &MachineInfo,
+        now: Timestamp,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
         let info = info.clone();
-        self.write(move |txn| {
+        self.write_emitting(emit, now, move |txn| {
             let mut t = txn.open_table(MACHINE_INFO).map_err(backend)?;
             let first_seen_at = t
                 .get(info.udid.as_str())
@@ -236,6 +306,7 @@ impl DeviceInfoStore for RedbStore {
             Ok(())
         })
         .await
+        .map(|(_, events)| events)
     }
 
     async fn machine_info(&self, udid: &str) -> StoreResult<Option<MachineInfoRecord>> {

@@ -4,13 +4,17 @@ use async_trait::async_trait;
 
 use super::tables::{PLUGIN_SOURCES, PLUGINS};
 use super::{RedbStore, backend, decode, encode};
-use crate::store::{PluginStore, StoreError, StoreResult, StoredPlugin};
+use crate::store::{Emit, Event, PluginStore, StoreError, StoreResult, StoredPlugin};
 
 #[async_trait]
 impl PluginStore for RedbStore {
-    async fn put_plugin(&self, plugin: &StoredPlugin) -> StoreResult<()> {
+    async fn put_plugin_emitting(
+        &self,
+        plugin: &StoredPlugin,
+        emit: Emit<()>,
+    ) -> StoreResult<((), Vec<Event>)> {
         let p = plugin.clone();
-        self.write(move |txn| {
+        self.write_emitting(emit, time::OffsetDateTime::now_utc(), move |txn| {
             txn.open_table(PLUGINS)
                 .map_err(backend)?
                 .insert(p.name.as_str(), encode(&p).as_slice())
@@ -24,9 +28,13 @@ impl PluginStore for RedbStore {
         .await
     }
 
-    async fn delete_plugin(&self, name: &str) -> StoreResult<bool> {
+    async fn delete_plugin_emitting(
+        &self,
+        name: &str,
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)> {
         let name = name.to_owned();
-        self.write(move |txn| {
+        self.write_emitting(emit, time::OffsetDateTime::now_utc(), move |txn| {
             let existed = txn
                 .open_table(PLUGINS)
                 .map_err(backend)?

@@ -5,14 +5,20 @@ use async_trait::async_trait;
 use super::tables::{PROFILE_BYTES, PROFILES};
 use super::{RedbStore, backend, decode, encode};
 use crate::seal::context;
-use crate::store::{ProfileMeta, ProfileStore, StoreError, StoreResult, StoredProfile};
+use crate::store::{
+    Emit, Event, ProfileMeta, ProfileStore, StoreError, StoreResult, StoredProfile,
+};
 
 #[async_trait]
 impl ProfileStore for RedbStore {
-    async fn put_profile(&self, profile: &StoredProfile) -> StoreResult<bool> {
+    async fn put_profile_emitting(
+        &self,
+        profile: &StoredProfile,
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)> {
         let p = profile.clone();
         let sealed = self.seal_value(&context::profile_bytes(&p.meta.name), &p.bytes);
-        self.write(move |txn| {
+        self.write_emitting(emit, time::OffsetDateTime::now_utc(), move |txn| {
             let name = p.meta.name.as_str();
             let replaced = txn
                 .open_table(PROFILES)
@@ -63,9 +69,13 @@ impl ProfileStore for RedbStore {
         })
     }
 
-    async fn delete_profile(&self, name: &str) -> StoreResult<bool> {
+    async fn delete_profile_emitting(
+        &self,
+        name: &str,
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)> {
         let name = name.to_owned();
-        self.write(move |txn| {
+        self.write_emitting(emit, time::OffsetDateTime::now_utc(), move |txn| {
             let existed = txn
                 .open_table(PROFILES)
                 .map_err(backend)?

@@ -11,8 +11,8 @@ use super::tables::{
 use super::{RedbStore, backend, decode, encode};
 use crate::seal::context;
 use crate::store::{
-    CommandRecord, NextCommand, QueueStore, QueuedCommand, ReportOutcome, ReportRecord, StoreError,
-    StoreResult, TargetRecord, TargetState, Timestamp,
+    CommandRecord, Emit, Event, NextCommand, QueueStore, QueuedCommand, ReportOutcome,
+    ReportRecord, StoreError, StoreResult, TargetRecord, TargetState, Timestamp,
 };
 use crate::wire::command::Command;
 use crate::wire::enrollment_id::EnrollmentId;
@@ -174,19 +174,20 @@ fn has_not_now(txn: &ReadTransaction, id: &str) -> StoreResult<bool> {
 
 #[async_trait]
 impl QueueStore for RedbStore {
-    async fn enqueue(
+    async fn enqueue_emitting(
         &self,
         command: &Command,
         targets: &[EnrollmentId],
         max_queue_len: usize,
         now: Timestamp,
-    ) -> StoreResult<()> {
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
         let command = command.clone();
         let sealed_raw = self.seal_value(&context::command_raw(&command.uuid), &command.raw);
         let mut targets = targets.to_vec();
         targets.sort();
         targets.dedup();
-        self.write(move |txn| {
+        self.write_emitting(emit, now, move |txn| {
             let uuid = command.uuid.as_str();
             let mut commands = txn.open_table(COMMANDS).map_err(backend)?;
             if commands.get(uuid).map_err(backend)?.is_some() {
@@ -235,6 +236,7 @@ impl QueueStore for RedbStore {
             Ok(())
         })
         .await
+        .map(|(_, events)| events)
     }
 
     async fn next_command(
@@ -279,13 +281,14 @@ impl QueueStore for RedbStore {
         id: &EnrollmentId,
         report: &ReportRecord,
         now: Timestamp,
-    ) -> StoreResult<ReportOutcome> {
+        emit: Emit<ReportOutcome>,
+    ) -> StoreResult<(ReportOutcome, Vec<Event>)> {
         let (id, report) = (id.clone(), report.clone());
         let sealed_result = self.seal_value(
             &context::command_result(&report.command_uuid, id.as_str()),
             &report.raw,
         );
-        self.write(move |txn| {
+        self.write_emitting(emit, now, move |txn| {
             let (eid, uuid) = (id.as_str(), report.command_uuid.as_str());
             let seq = txn
                 .open_table(QUEUE_INDEX)

@@ -4,6 +4,7 @@ use super::*;
 use crate::seal::context;
 use crate::store::conformance::enroll;
 use crate::store::{
+    Emit,
     BootstrapStore, DeviceStore, EnrollmentStore, LifecycleWrite, NextCommand, ProfileMeta,
     ProfileStore, QueueStore, ReportRecord, SetupRecord, SetupStep, StepState, StoredProfile, Team,
     TeamStore,
@@ -85,7 +86,10 @@ async fn write_secrets(store: &RedbStore) -> crate::wire::enrollment_id::Channel
         raw: format!("<plist><dict><key>Code</key><string>{RESULT_SECRET}</string></dict></plist>")
             .into_bytes(),
     };
-    store.record_report(&c.id, &report, now()).await.unwrap();
+    store
+        .record_report(&c.id, &report, now(), Emit::none())
+        .await
+        .unwrap();
     store.put_profile(&profile_with_psk()).await.unwrap();
     let team = Team {
         name: "staff".into(),
@@ -184,7 +188,14 @@ async fn a_version_1_database_is_sealed_and_rebound_at_open() {
         let store = RedbStore::open(&path, &key).unwrap();
         let c = write_secrets(&store).await;
         store
-            .store_token_update(&c, &Default::default(), Some(vec![1]), (None, None), now())
+            .store_token_update(
+                &c,
+                &Default::default(),
+                Some(vec![1]),
+                (None, None),
+                now(),
+                Emit::none(),
+            )
             .await
             .unwrap();
         c

@@ -48,6 +48,9 @@ pub const SCEP_ISSUED: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::
 /// (expiry in unix ms, transaction ID, SHA-256 of the CSR key) → (): pruning index.
 pub const SCEP_ISSUED_EXPIRY: TableDefinition<(i64, &str, &[u8]), ()> =
     TableDefinition::new("scep_issued_expiry");
+/// (expiry in unix ms, SHA-256 of the challenge) → (): prune expired challenges by range.
+pub const CHALLENGE_EXPIRY: TableDefinition<(i64, &[u8]), ()> =
+    TableDefinition::new("scep_challenge_expiry");
 
 /// UDID → JSON [`crate::store::MachineInfoRecord`].
 pub const MACHINE_INFO: TableDefinition<&str, &[u8]> = TableDefinition::new("machine_info");
@@ -112,6 +115,7 @@ pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
         CHALLENGES,
         SCEP_ISSUED,
         SCEP_ISSUED_EXPIRY,
+        CHALLENGE_EXPIRY,
         MACHINE_INFO,
         DEP_SERVERS,
         DEP_DEVICES,

@@ -5,7 +5,9 @@ use async_trait::async_trait;
 
 use super::tables::{META, WEBHOOKS, next_seq};
 use super::{RedbStore, backend, decode, encode};
-use crate::store::{StoreResult, WebhookDelivery, WebhookStart, WebhookStore, WebhookSubscription};
+use crate::store::{
+    Emit, Event, StoreResult, WebhookDelivery, WebhookStart, WebhookStore, WebhookSubscription,
+};
 
 fn load(txn: &WriteTransaction, name: &str) -> StoreResult<Option<WebhookSubscription>> {
     let t = txn.open_table(WEBHOOKS).map_err(backend)?;
@@ -31,13 +33,14 @@ fn head_in(meta: &impl ReadableTable<&'static str, u64>) -> StoreResult<u64> {
 
 #[async_trait]
 impl WebhookStore for RedbStore {
-    async fn put_webhook(
+    async fn put_webhook_emitting(
         &self,
         subscription: &WebhookSubscription,
         start: WebhookStart,
-    ) -> StoreResult<WebhookSubscription> {
+        emit: Emit<WebhookSubscription>,
+    ) -> StoreResult<(WebhookSubscription, Vec<Event>)> {
         let s = subscription.clone();
-        self.write(move |txn| {
+        self.write_emitting(emit, time::OffsetDateTime::now_utc(), move |txn| {
             let old = load(txn, &s.name)?;
             let mut new = s.clone();
             new.revision = next_seq(txn, "webhook_revision")?;
@@ -81,9 +84,13 @@ impl WebhookStore for RedbStore {
         })
     }
 
-    async fn delete_webhook(&self, name: &str) -> StoreResult<bool> {
+    async fn delete_webhook_emitting(
+        &self,
+        name: &str,
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)> {
         let name = name.to_owned();
-        self.write(move |txn| {
+        self.write_emitting(emit, time::OffsetDateTime::now_utc(), move |txn| {
             Ok(txn
                 .open_table(WEBHOOKS)
                 .map_err(backend)?
