@@ -9,7 +9,11 @@ use plist::{Dictionary, Value};
 use super::last_seen::LastSeen;
 use super::{CheckinResponse, MdmError, MdmService, ReportResponse, Request, declarative};
 use crate::seal::SealKey;
-use crate::store::{BootstrapStore, EnrollmentStore, NextCommand, QueueStore, ReportRecord, Store};
+use super::IdentityError;
+use super::identity::holds_through_renewals;
+use crate::store::{
+    BootstrapStore, EnrollmentStore, IdentityStore, NextCommand, QueueStore, ReportRecord, Store,
+};
 use crate::wire::checkin::{CheckinBody, GetToken, to_xml};
 use crate::wire::enrollment_id::{Channel, EnrollmentId};
 use crate::wire::report::{CommandReport, Status};
@@ -63,6 +67,7 @@ pub struct Core {
     enrollments: Arc<dyn EnrollmentStore>,
     queue: Arc<dyn QueueStore>,
     bootstrap: Arc<dyn BootstrapStore>,
+    identity: Arc<dyn IdentityStore>,
     seal: SealKey,
     last_seen: Arc<LastSeen>,
     options: CoreOptions,
@@ -79,7 +84,8 @@ impl Core {
         Self {
             enrollments: store.clone(),
             queue: store.clone(),
-            bootstrap: store,
+            bootstrap: store.clone(),
+            identity: store,
             seal,
             last_seen,
             options,
@@ -152,14 +158,21 @@ impl MdmService for Core {
             },
             CheckinBody::SetBootstrapToken(token) => {
                 Self::require_device_channel(req, "SetBootstrapToken")?;
+                let holder = req.identity.as_ref().ok_or(IdentityError::Missing)?.hash;
                 let sealed = token.as_ref().map(|t| self.seal.seal(SEAL_BOOTSTRAP, t));
                 self.bootstrap
-                    .store_bootstrap_token(&channel.id, sealed)
+                    .store_bootstrap_token_held(&channel.id, sealed, &holder)
                     .await?;
                 Ok(CheckinResponse::Empty)
             }
             CheckinBody::GetBootstrapToken => {
                 Self::require_device_channel(req, "GetBootstrapToken")?;
+                let presented = req.identity.as_ref().ok_or(IdentityError::Missing)?.hash;
+                if let Some(holder) = self.bootstrap.bootstrap_holder(&channel.id).await?
+                    && !holds_through_renewals(&*self.identity, &presented, &holder).await?
+                {
+                    return Err(IdentityError::NotEscrowHolder("the bootstrap token").into());
+                }
                 match self.bootstrap.bootstrap_token(&channel.id).await? {
                     Some(sealed) => {
                         let token = self.seal.unseal(SEAL_BOOTSTRAP, &sealed)?;

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{CheckinResponse, MdmError, MdmService, ReportResponse, Request};
 use crate::events::{Outbox, event, kind};
-use crate::store::{EnrollmentStore, NewEvent, ReportOutcome};
+use crate::store::{EnrollmentStore, IdentityStore, NewEvent, ReportOutcome};
 use crate::wire::checkin::CheckinBody;
 use crate::wire::report::{CommandReport, Status};
 
@@ -19,6 +19,7 @@ pub struct Observe<S> {
     inner: S,
     outbox: Outbox,
     enrollments: Arc<dyn EnrollmentStore>,
+    identity: Option<Arc<dyn IdentityStore>>,
 }
 
 impl<S> Observe<S> {
@@ -28,7 +29,16 @@ impl<S> Observe<S> {
             inner,
             outbox,
             enrollments,
+            identity: None,
         }
+    }
+
+    /// Look up certificate bindings, so `enrollment.authenticated` says whether the serial number
+    /// is backed by evidence (`serial_evidence`, `verified_serial_number`). Without this every
+    /// serial is reported as self-asserted.
+    pub fn with_identity(mut self, identity: Arc<dyn IdentityStore>) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     async fn publish(&self, events: Vec<NewEvent>) {
@@ -40,12 +50,31 @@ impl<S> Observe<S> {
     async fn checkin_events(&self, req: &Request, body: &CheckinBody) -> Vec<NewEvent> {
         let id = Some(&req.channel.id);
         match body {
-            CheckinBody::Authenticate(m) => vec![event(
+            CheckinBody::Authenticate(m) => {
+                let binding = match (&self.identity, &req.identity) {
+                    (Some(store), Some(identity)) => {
+                        store.cert_binding(&identity.hash).await.unwrap_or_else(|err| {
+                            tracing::warn!(%err, "certificate binding unreadable; serial unverified");
+                            None
+                        })
+                    }
+                    _ => None,
+                };
+                // Only a serial number from evidence may link the enrollment to a device record.
+                let (evidence, verified_serial) = match binding {
+                    Some(b) if req.identifiers.udid.as_deref() == Some(b.udid.as_str()) => {
+                        ("machine_info", Some(b.serial))
+                    }
+                    _ => ("self_asserted", None),
+                };
+                vec![event(
                 kind::ENROLLMENT_AUTHENTICATED,
                 id,
                 json!({
                     "udid": req.identifiers.udid,
                     "serial_number": m.serial_number,
+                    "serial_evidence": evidence,
+                    "verified_serial_number": verified_serial,
                     "model": m.model,
                     "os_version": m.os_version,
                     "build_version": m.build_version,
@@ -53,7 +82,8 @@ impl<S> Observe<S> {
                     "device_name": m.device_name,
                     "topic": m.topic,
                 }),
-            )],
+            )]
+            }
             CheckinBody::TokenUpdate(m) => {
                 let tally = match self.enrollments.enrollment(&req.channel.id).await {
                     Ok(Some(e)) => e.token_update_tally,
