@@ -65,7 +65,8 @@ async fn authenticate(dev: &Device) -> Reply {
 
 /// A manual download (`GET /mdm/enroll`, anonymous challenge) and SCEP, posing as `udid`.
 async fn manual_impostor(s: &TestServer, udid: &str, serial: &str) -> Device {
-    let profile = Profile::parse(&download_profile(&s.client, &s.url, None).await.unwrap()).unwrap();
+    let profile =
+        Profile::parse(&download_profile(&s.client, &s.url, None).await.unwrap()).unwrap();
     let mut dev = profile.enroll(&s.client).await.unwrap();
     dev.udid = udid.to_owned();
     dev.serial = serial.to_owned();
@@ -105,9 +106,17 @@ async fn a_manual_certificate_cannot_take_over_an_enrolled_udid() {
 
     let attacker = manual_impostor(&s, udid, "C02VICTIM01").await;
     let r = authenticate(&attacker).await;
-    assert!((400..500).contains(&r.status), "takeover answered {}", r.status);
+    assert!(
+        (400..500).contains(&r.status),
+        "takeover answered {}",
+        r.status
+    );
     let r = get_bootstrap(&attacker).await;
-    assert!((400..500).contains(&r.status), "GetBootstrapToken answered {}", r.status);
+    assert!(
+        (400..500).contains(&r.status),
+        "GetBootstrapToken answered {}",
+        r.status
+    );
     assert_eq!(bootstrap_of(&r), None);
 
     // The real Mac is undisturbed.
@@ -127,7 +136,10 @@ async fn a_manual_certificate_cannot_take_over_an_enrolled_udid() {
     posing.udid = udid.to_owned();
     let r = authenticate(&posing).await;
     assert!((400..500).contains(&r.status), "{}", r.status);
-    assert_eq!(bootstrap_of(&get_bootstrap(&mac).await).as_deref(), Some(TOKEN));
+    assert_eq!(
+        bootstrap_of(&get_bootstrap(&mac).await).as_deref(),
+        Some(TOKEN)
+    );
 }
 
 /// Erase and Automated Device Enrollment again: new MachineInfo, new certificate, same UDID.
@@ -146,7 +158,11 @@ async fn erase_then_dep_reenrollment_is_accepted_and_clears_the_escrow() {
     new.token_update(true).await.unwrap();
     let r = get_bootstrap(&new).await;
     assert_eq!(r.status, 200);
-    assert_eq!(bootstrap_of(&r), None, "the previous holder's token is cleared");
+    assert_eq!(
+        bootstrap_of(&r),
+        None,
+        "the previous holder's token is cleared"
+    );
     assert_eq!(set_bootstrap(&new, b"new token").await.status, 200);
     assert_eq!(
         bootstrap_of(&get_bootstrap(&new).await).as_deref(),
@@ -175,7 +191,11 @@ async fn reinstalling_the_profile_after_checkout_is_accepted() {
     assert_eq!(authenticate(&again).await.status, 200);
     again.token_update(false).await.unwrap();
     assert_eq!(bootstrap_of(&get_bootstrap(&again).await), None);
-    assert_eq!(get_bootstrap(&mac).await.status, 400, "the old certificate is retired");
+    assert_eq!(
+        get_bootstrap(&mac).await.status,
+        400,
+        "the old certificate is retired"
+    );
     let e = events_of(&s, "identity.reenrolled").await;
     assert_eq!(e[0]["data"]["evidence"], "checked_out");
 
@@ -202,7 +222,10 @@ async fn a_scep_renewal_keeps_the_escrow() {
     assert_eq!(bootstrap_of(&r).as_deref(), Some(TOKEN));
     // A renewed certificate re-authenticating is fine too, and keeps the escrow.
     assert_eq!(authenticate(&mac).await.status, 200);
-    assert_eq!(bootstrap_of(&get_bootstrap(&mac).await).as_deref(), Some(TOKEN));
+    assert_eq!(
+        bootstrap_of(&get_bootstrap(&mac).await).as_deref(),
+        Some(TOKEN)
+    );
 }
 
 /// An admin approves one re-enrollment (a Mac whose profile was removed offline): the next new
@@ -221,12 +244,18 @@ async fn an_admin_approval_allows_one_reenrollment() {
         .unwrap();
     assert_eq!(r.status, 404, "{}", r.json);
     let r = api
-        .post_json(&format!("/v1/enrollments/{udid}/reenroll"), &json!({"ttl_secs": 0}))
+        .post_json(
+            &format!("/v1/enrollments/{udid}/reenroll"),
+            &json!({"ttl_secs": 0}),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.json);
     let r = api
-        .post_json(&format!("/v1/enrollments/{udid}/reenroll"), &json!({"ttl_secs": 600}))
+        .post_json(
+            &format!("/v1/enrollments/{udid}/reenroll"),
+            &json!({"ttl_secs": 600}),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
@@ -237,7 +266,11 @@ async fn an_admin_approval_allows_one_reenrollment() {
     assert_eq!(bootstrap_of(&get_bootstrap(&new).await), None);
     assert_eq!(get_bootstrap(&mac).await.status, 400);
     let third = manual_impostor(&s, udid, "C02ADMIN06").await;
-    assert_eq!(authenticate(&third).await.status, 400, "the approval is used up");
+    assert_eq!(
+        authenticate(&third).await.status,
+        400,
+        "the approval is used up"
+    );
     let e = events_of(&s, "identity.reenrolled").await;
     assert_eq!(e[0]["data"]["evidence"], "admin");
 }
@@ -277,9 +310,16 @@ async fn a_claimed_serial_gets_no_device_record_and_no_team_steps() {
     assert_eq!(e[0]["data"]["serial_evidence"], "self_asserted");
     assert_eq!(e[0]["data"]["verified_serial_number"], Json::Null);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(impostor.idle().await.unwrap().is_none(), "no setup step for a claimed serial");
+    assert!(
+        impostor.idle().await.unwrap().is_none(),
+        "no setup step for a claimed serial"
+    );
     let r = api.get(&format!("/v1/devices/{serial}")).await.unwrap();
-    assert_eq!(r.status, 404, "no device record from a claimed serial: {}", r.json);
+    assert_eq!(
+        r.status, 404,
+        "no device record from a claimed serial: {}",
+        r.json
+    );
 
     // The real Mac, with MachineInfo evidence, gets its record, its team and its steps.
     let mac = enroll_automated(&s.client, &s.url, &ca, "REAL-UDID-0007", serial)
@@ -292,7 +332,10 @@ async fn a_claimed_serial_gets_no_device_record_and_no_team_steps() {
         if let Some(c) = mac.idle().await.unwrap() {
             break c;
         }
-        assert!(std::time::Instant::now() < deadline, "no setup step arrived");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no setup step arrived"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(step.request_type, "Settings");

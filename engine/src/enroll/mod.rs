@@ -208,7 +208,9 @@ impl EnrollService {
             serial: info.serial.clone(),
             source: BindingSource::MachineInfo,
         };
-        Ok(AutomatedAnswer::Profile(self.profile(Some(&binding)).await?))
+        Ok(AutomatedAnswer::Profile(
+            self.profile(Some(&binding)).await?,
+        ))
     }
 
     /// The APNs topic for profiles: configured, else the uploaded push certificate's, else a

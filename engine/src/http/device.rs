@@ -17,9 +17,9 @@ use axum::routing::{get, put};
 use openssl::x509::X509;
 use serde_json::json;
 
+use super::cert_cache::{CertCache, ParsedCert};
 use super::status::device_status;
 use crate::engine::EngineInner;
-use super::cert_cache::{CertCache, ParsedCert};
 use crate::mdm::{CheckinResponse, Identity, IdentityError, IdentitySource, MdmError, Request};
 use crate::wire::checkin::CheckinMessage;
 use crate::wire::client_cert;
@@ -288,9 +288,7 @@ fn identity(
     }
     if let Some(peer) = peer {
         let identity = Identity::new(peer.0, IdentitySource::Tls);
-        inner
-            .verifier
-            .check(&identity.cert, &identity.hash, now)?;
+        inner.verifier.check(&identity.cert, &identity.hash, now)?;
         return Ok(Some(identity));
     }
     if let Some(name) = &inner.http.client_cert_header

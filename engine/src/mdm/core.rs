@@ -6,11 +6,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use plist::{Dictionary, Value};
 
+use super::IdentityError;
+use super::identity::holds_through_renewals;
 use super::last_seen::LastSeen;
 use super::{CheckinResponse, MdmError, MdmService, ReportResponse, Request, declarative};
 use crate::seal::SealKey;
-use super::IdentityError;
-use super::identity::holds_through_renewals;
 use crate::store::{
     BootstrapStore, EnrollmentStore, IdentityStore, NextCommand, QueueStore, ReportRecord, Store,
 };

@@ -13,8 +13,8 @@ use super::{
 use crate::ca::CertificateAuthority;
 use crate::events::{Outbox, event, kind};
 use crate::store::{CertHash, EnrollmentStore, IdentityStore, NewEvent, StoreError, Timestamp};
-use crate::wire::enrollment_id::EnrollmentId;
 use crate::wire::checkin::CheckinBody;
+use crate::wire::enrollment_id::EnrollmentId;
 use crate::wire::report::CommandReport;
 
 /// Decides whether a presented device certificate is trusted.
@@ -58,7 +58,9 @@ impl CachedVerifier {
         {
             return Ok(());
         }
-        self.verifier.verify(cert).map_err(IdentityError::Untrusted)?;
+        self.verifier
+            .verify(cert)
+            .map_err(IdentityError::Untrusted)?;
         let not_after = not_after_unix(cert).unwrap_or(now + 3600);
         let mut cache = self.verified.lock().expect("cache lock");
         if cache.len() >= CACHE_LIMIT {
@@ -187,8 +189,13 @@ impl<S> PinIdentity<S> {
         if let Some(b) = &binding
             && req.identifiers.udid.as_deref() != Some(b.udid.as_str())
         {
-            self.refused(device, None, &presented, "the certificate was issued to another UDID")
-                .await;
+            self.refused(
+                device,
+                None,
+                &presented,
+                "the certificate was issued to another UDID",
+            )
+            .await;
             return Err(IdentityError::TakeoverRefused(format!(
                 "certificate was issued for UDID {}, not this one",
                 b.udid

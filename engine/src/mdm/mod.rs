@@ -28,9 +28,7 @@ use crate::wire::enrollment_id::{Channel, Identifiers};
 use crate::wire::report::CommandReport;
 
 pub use self::core::{Core, CoreOptions, UserAuthenticatePolicy};
-pub use identity::{
-    CachedVerifier, IdentityService, PinIdentity, RenewalPolicy, VerifyIdentity,
-};
+pub use identity::{CachedVerifier, IdentityService, PinIdentity, RenewalPolicy, VerifyIdentity};
 pub use observe::Observe;
 
 /// The certificate a device presented (by `Mdm-Signature` or mutual TLS).

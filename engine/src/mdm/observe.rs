@@ -68,21 +68,21 @@ impl<S> Observe<S> {
                     _ => ("self_asserted", None),
                 };
                 vec![event(
-                kind::ENROLLMENT_AUTHENTICATED,
-                id,
-                json!({
-                    "udid": req.identifiers.udid,
-                    "serial_number": m.serial_number,
-                    "serial_evidence": evidence,
-                    "verified_serial_number": verified_serial,
-                    "model": m.model,
-                    "os_version": m.os_version,
-                    "build_version": m.build_version,
-                    "product_name": m.product_name,
-                    "device_name": m.device_name,
-                    "topic": m.topic,
-                }),
-            )]
+                    kind::ENROLLMENT_AUTHENTICATED,
+                    id,
+                    json!({
+                        "udid": req.identifiers.udid,
+                        "serial_number": m.serial_number,
+                        "serial_evidence": evidence,
+                        "verified_serial_number": verified_serial,
+                        "model": m.model,
+                        "os_version": m.os_version,
+                        "build_version": m.build_version,
+                        "product_name": m.product_name,
+                        "device_name": m.device_name,
+                        "topic": m.topic,
+                    }),
+                )]
             }
             CheckinBody::TokenUpdate(m) => {
                 let tally = match self.enrollments.enrollment(&req.channel.id).await {

@@ -149,8 +149,11 @@ pub trait IdentityStore: Send + Sync {
     /// Pin `hash` to `id` for a re-enrollment by a different holder: like [`Self::pin_cert`], and
     /// in the same transaction drop what the previous holder escrowed (bootstrap token, unlock
     /// token).
-    async fn repin_cert_clearing_escrow(&self, id: &EnrollmentId, hash: &CertHash)
-    -> StoreResult<()>;
+    async fn repin_cert_clearing_escrow(
+        &self,
+        id: &EnrollmentId,
+        hash: &CertHash,
+    ) -> StoreResult<()>;
 
     /// Mark `id` as checked out by its pinned certificate: a new certificate may enroll it again.
     /// Pinning a certificate ends the mark.
@@ -161,12 +164,18 @@ pub trait IdentityStore: Send + Sync {
 
     /// Allow one re-enrollment of `id` by a new certificate until `expires_at` (an admin's
     /// approval; replaces a pending one).
-    async fn approve_reenrollment(&self, id: &EnrollmentId, expires_at: Timestamp)
-    -> StoreResult<()>;
+    async fn approve_reenrollment(
+        &self,
+        id: &EnrollmentId,
+        expires_at: Timestamp,
+    ) -> StoreResult<()>;
 
     /// Use the pending approval of `id` if there is an unexpired one. Returns whether there was.
-    async fn take_reenrollment_approval(&self, id: &EnrollmentId, now: Timestamp)
-    -> StoreResult<bool>;
+    async fn take_reenrollment_approval(
+        &self,
+        id: &EnrollmentId,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
 }
 
 /// The command queue and command results.

@@ -183,7 +183,10 @@ impl DeviceTrust {
                     && c.issued(o) == openssl::x509::X509VerifyResult::OK
             });
             if !issues_another {
-                device_cas.push(c.to_der().map_err(|e| MachineInfoError::Trust(e.to_string()))?);
+                device_cas.push(
+                    c.to_der()
+                        .map_err(|e| MachineInfoError::Trust(e.to_string()))?,
+                );
             }
         }
         let mut b = X509StoreBuilder::new().map_err(|e| MachineInfoError::Trust(e.to_string()))?;

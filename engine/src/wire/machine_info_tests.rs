@@ -206,16 +206,39 @@ fn a_signer_not_issued_by_the_device_ca_is_refused() {
     )
     .unwrap();
     // root → "other intermediate" → leaf, the other intermediate embedded in the CMS.
-    let other = make("Developer ID CA", Some(&root), true, false, MessageDigest::sha256());
-    let dev = make("Developer", Some(&other), false, false, MessageDigest::sha256());
-    let forged = sign_machine_info(&info(), &dev.cert, &dev.key, std::slice::from_ref(&other.cert))
-        .unwrap();
+    let other = make(
+        "Developer ID CA",
+        Some(&root),
+        true,
+        false,
+        MessageDigest::sha256(),
+    );
+    let dev = make(
+        "Developer",
+        Some(&other),
+        false,
+        false,
+        MessageDigest::sha256(),
+    );
+    let forged = sign_machine_info(
+        &info(),
+        &dev.cert,
+        &dev.key,
+        std::slice::from_ref(&other.cert),
+    )
+    .unwrap();
     let err = verify_machine_info(&forged, &trust).unwrap_err();
     assert!(matches!(err, MachineInfoError::Untrusted(_)), "{err}");
 
     // A bundle shaped like Apple's (root → certification authority → device CA): a leaf the
     // middle CA issued chains, but not through the device CA.
-    let device_ca = make("Device CA", Some(&inter), true, false, MessageDigest::sha256());
+    let device_ca = make(
+        "Device CA",
+        Some(&inter),
+        true,
+        false,
+        MessageDigest::sha256(),
+    );
     let trust3 = DeviceTrust::from_pem_bundle(
         &[
             root.cert.to_pem().unwrap(),
@@ -225,7 +248,13 @@ fn a_signer_not_issued_by_the_device_ca_is_refused() {
         .concat(),
     )
     .unwrap();
-    let sibling = make("Sibling", Some(&inter), false, false, MessageDigest::sha256());
+    let sibling = make(
+        "Sibling",
+        Some(&inter),
+        false,
+        false,
+        MessageDigest::sha256(),
+    );
     let forged = sign_machine_info(&info(), &sibling.cert, &sibling.key, &[]).unwrap();
     let err = verify_machine_info(&forged, &trust3).unwrap_err();
     assert!(
@@ -233,7 +262,13 @@ fn a_signer_not_issued_by_the_device_ca_is_refused() {
         "{err}"
     );
     // The legitimate path: a device leaf of the device CA, nothing embedded.
-    let device = make("Device", Some(&device_ca), false, true, MessageDigest::sha1());
+    let device = make(
+        "Device",
+        Some(&device_ca),
+        false,
+        true,
+        MessageDigest::sha1(),
+    );
     let signed = sign_machine_info(&info(), &device.cert, &device.key, &[]).unwrap();
     assert_eq!(verify_machine_info(&signed, &trust3).unwrap(), info());
     // And the two-level bundle still accepts its own device leaf.

@@ -3,11 +3,13 @@
 use ::redb::ReadableTable;
 use async_trait::async_trait;
 
-use super::tables::{BOOTSTRAP, BOOTSTRAP_HOLDER, CHALLENGES, EVENTS, MACHINE_INFO, SECRETS, next_seq};
+use super::tables::{
+    BOOTSTRAP, BOOTSTRAP_HOLDER, CHALLENGES, EVENTS, MACHINE_INFO, SECRETS, next_seq,
+};
 use super::{RedbStore, backend, decode, encode};
 use crate::store::{
-    BootstrapStore, CertBinding, CertHash, ChallengeStatus, ChallengeStore, DeviceInfoStore, Event, EventStore,
-    MachineInfoRecord, NewEvent, SecretStore, StoreResult, Timestamp,
+    BootstrapStore, CertBinding, CertHash, ChallengeStatus, ChallengeStore, DeviceInfoStore, Event,
+    EventStore, MachineInfoRecord, NewEvent, SecretStore, StoreResult, Timestamp,
 };
 use crate::wire::enrollment_id::EnrollmentId;
 use crate::wire::machine_info::MachineInfo;
@@ -72,13 +74,12 @@ impl BootstrapStore for RedbStore {
             t.get(id.as_str())
                 .map_err(backend)?
                 .map(|v| {
-                    v.value()
-                        .try_into()
-                        .map(CertHash)
-                        .map_err(|_| crate::store::StoreError::Corrupt {
+                    v.value().try_into().map(CertHash).map_err(|_| {
+                        crate::store::StoreError::Corrupt {
                             what: format!("bootstrap token holder of {id}"),
                             detail: "not a 32-byte hash".into(),
-                        })
+                        }
+                    })
                 })
                 .transpose()
         })

@@ -22,7 +22,8 @@ pub const CERT_BINDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ce
 /// Enrollment ID → (): checked out by its pinned certificate (a new one may enroll it).
 pub const PIN_RELEASED: TableDefinition<&str, ()> = TableDefinition::new("pin_released");
 /// Enrollment ID → expiry in unix ms of an admin's one-time re-enrollment approval.
-pub const REENROLL_APPROVALS: TableDefinition<&str, i64> = TableDefinition::new("reenroll_approvals");
+pub const REENROLL_APPROVALS: TableDefinition<&str, i64> =
+    TableDefinition::new("reenroll_approvals");
 /// Enrollment ID → hash of the certificate that escrowed its bootstrap token.
 pub const BOOTSTRAP_HOLDER: TableDefinition<&str, &[u8]> = TableDefinition::new("bootstrap_holder");
 /// Command UUID → JSON command metadata.
