@@ -207,7 +207,14 @@ impl<S> PinIdentity<S> {
                 self.store.pin_cert(device, &presented).await?;
                 return Ok(());
             }
-            Some(p) if p == presented => return Ok(()),
+            Some(p) if p == presented => {
+                // The same certificate again; if it had checked out, it is back, and the
+                // checked-out mark must not let another certificate in later.
+                if self.store.pin_released(device).await? {
+                    self.store.pin_cert(device, &presented).await?;
+                }
+                return Ok(());
+            }
             Some(p) => p,
         };
         if owner.is_some() {
