@@ -363,3 +363,41 @@ async fn setup_status_refuses_a_retired_certificate() {
     mac.identity = old;
     assert_eq!(mac.setup_status().await.unwrap().0, 403);
 }
+
+/// Attack 3 repeated against the real `pomona serve` binary (default configuration plus a test
+/// device CA): refused with a 4xx well within a second, and the real Mac keeps its token.
+#[tokio::test]
+async fn the_takeover_against_pomona_serve_is_refused() {
+    use pomona_testkit::server::{ServeCa, ServeProcess};
+    let dir = tempfile::tempdir().unwrap();
+    let serve_ca = ServeCa::write(dir.path()).unwrap();
+    let env = serve_ca.env("identity-serve-api-key-0123456789");
+    let mut p = ServeProcess::start(&dir.path().join("data"), &env, &[])
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let udid = "00008103-000A1B2C3D4E0009";
+    let mac = enroll_automated(&client, &p.url, &serve_ca.device_ca, udid, "C02SERVE09")
+        .await
+        .unwrap();
+    mac.enroll().await.unwrap();
+    assert_eq!(set_bootstrap(&mac, TOKEN).await.status, 200);
+
+    let profile = Profile::parse(&download_profile(&client, &p.url, None).await.unwrap()).unwrap();
+    let mut attacker = profile.enroll(&client).await.unwrap();
+    attacker.udid = udid.to_owned();
+    let started = std::time::Instant::now();
+    let r = authenticate(&attacker).await;
+    assert!(
+        (400..500).contains(&r.status),
+        "takeover answered {}",
+        r.status
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let r = get_bootstrap(&attacker).await;
+    assert!((400..500).contains(&r.status), "{}", r.status);
+    let r = get_bootstrap(&mac).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(bootstrap_of(&r).as_deref(), Some(TOKEN));
+    p.kill().await.unwrap();
+}
