@@ -31,8 +31,8 @@ use crate::mdm::core::TokenService;
 use crate::mdm::identity::IdentityVerifier;
 use crate::mdm::last_seen::LastSeen;
 use crate::mdm::{
-    Core, CoreOptions, MdmService, PinIdentity, RenewalPolicy, UserAuthenticatePolicy,
-    VerifyIdentity,
+    CachedVerifier, Core, CoreOptions, IdentityService, MdmService, PinIdentity, RenewalPolicy,
+    UserAuthenticatePolicy, VerifyIdentity,
 };
 use crate::metrics::Metrics;
 use crate::policy::registry::{DeclaredPlugin, PluginRegistry};
@@ -95,6 +95,8 @@ pub(crate) struct EngineInner {
     pub ca: Arc<CertificateAuthority>,
     pub outbox: Outbox,
     pub mdm: Arc<dyn MdmService>,
+    pub verifier: Arc<CachedVerifier>,
+    pub identity: IdentityService,
     pub commander: Arc<Commander>,
     pub scep: Arc<ScepService>,
     pub enroll: EnrollService,
@@ -540,10 +542,12 @@ impl EngineBuilder {
             service = layer(service);
         }
         let verifier: Arc<dyn IdentityVerifier> = ca.clone();
-        let service: Arc<dyn MdmService> = Arc::new(VerifyIdentity::new(
+        let verifier = Arc::new(CachedVerifier::new(verifier));
+        let service: Arc<dyn MdmService> = Arc::new(VerifyIdentity::shared(
             PinIdentity::new(service, store.clone(), self.renewal, Some(outbox.clone())),
-            verifier,
+            verifier.clone(),
         ));
+        let identity = IdentityService::new(store.clone(), store.clone(), outbox.clone());
         let commander = Arc::new(Commander::new(
             store.clone(),
             store.clone(),
@@ -623,6 +627,8 @@ impl EngineBuilder {
             ca,
             outbox,
             mdm: service,
+            verifier,
+            identity,
             commander,
             scep,
             enroll,

@@ -238,6 +238,23 @@ async fn team_and_device_subcommands_work_through_the_api() {
         http.clone(),
     );
 
+    // Both identities were issued for verified MachineInfo (as SCEP records after an Automated
+    // Device Enrollment): only such evidence links an enrollment to a device record.
+    for d in [&mac, &other] {
+        let hash = pomona::store::CertHash::of_der(&d.identity.cert.to_der().unwrap());
+        let binding = pomona::store::CertBinding {
+            udid: d.udid.clone(),
+            serial: d.serial.clone(),
+            source: pomona::store::BindingSource::MachineInfo,
+        };
+        served
+            .engine
+            .store()
+            .bind_cert(&hash, &binding)
+            .await
+            .unwrap();
+    }
+
     let err = fails(url, &["device", "show", "C02UNKNOWN"]).await;
     assert!(
         err.contains(r#"no device with serial number "C02UNKNOWN""#),

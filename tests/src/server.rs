@@ -62,8 +62,18 @@ impl TestServer {
         })
     }
 
-    /// A new simulated device with an identity issued by this engine's CA.
-    pub fn device(&self) -> anyhow::Result<Device> {
+    /// A new simulated device with an identity issued by this engine's CA and bound to its UDID
+    /// and serial number, as SCEP binds a certificate issued after verified MachineInfo (an
+    /// Automated Device Enrollment).
+    pub async fn device(&self) -> anyhow::Result<Device> {
+        let dev = self.device_self_asserted()?;
+        bind_as_machine_info(&self.engine, &dev).await?;
+        Ok(dev)
+    }
+
+    /// A new simulated device with an identity issued by this engine's CA and no evidence of
+    /// which device it is (a manual enrollment): its serial number is self-asserted.
+    pub fn device_self_asserted(&self) -> anyhow::Result<Device> {
         let identity = DeviceIdentity::issue(self.engine.ca(), "pomona-test-device")?;
         Ok(Device::new(identity, &self.url, self.client.clone()))
     }
@@ -107,8 +117,12 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
 pub struct ServeCa {
     /// The CA (issue device identities with it).
     pub ca: pomona::ca::CertificateAuthority,
+    /// A test device CA the process trusts for signed MachineInfo (enroll devices with
+    /// [`pomona::sim::enroll::enroll_automated`]).
+    pub device_ca: pomona::sim::enroll::TestDeviceCa,
     cert: String,
     key: String,
+    device_ca_file: String,
 }
 
 impl ServeCa {
@@ -118,20 +132,27 @@ impl ServeCa {
         let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
         std::fs::write(&cert, ca.certificate().to_pem()?)?;
         std::fs::write(&key, ca.private_key().private_key_to_pem_pkcs8()?)?;
+        let device_ca = pomona::sim::enroll::TestDeviceCa::new()?;
+        let device_ca_file = dir.join("device-ca.pem");
+        std::fs::write(&device_ca_file, device_ca.trust_pem()?)?;
         let text = |p: PathBuf| p.to_str().map(str::to_owned).context("non-UTF-8 temp path");
         Ok(Self {
             ca,
+            device_ca,
             cert: text(cert)?,
             key: text(key)?,
+            device_ca_file: text(device_ca_file)?,
         })
     }
 
-    /// The environment for [`ServeProcess::start`]: this CA and the admin `api_key`.
-    pub fn env<'a>(&'a self, api_key: &'a str) -> [(&'a str, &'a str); 3] {
+    /// The environment for [`ServeProcess::start`]: this CA, the test device CA and the admin
+    /// `api_key`.
+    pub fn env<'a>(&'a self, api_key: &'a str) -> [(&'a str, &'a str); 4] {
         [
             ("POMONA_API_KEY", api_key),
             ("POMONA_CA_CERT_FILE", &self.cert),
             ("POMONA_CA_KEY_FILE", &self.key),
+            ("POMONA_ENROLL_DEVICE_CA_FILE", &self.device_ca_file),
         ]
     }
 }
@@ -218,4 +239,18 @@ impl ServeProcess {
         }
         Ok(tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await??)
     }
+}
+
+/// Record that `dev`'s certificate was issued for verified MachineInfo naming its UDID and serial
+/// (what SCEP records for a challenge minted by `POST /mdm/enroll`), for devices whose identity a
+/// test issued directly from the CA.
+pub async fn bind_as_machine_info(engine: &Engine, dev: &Device) -> anyhow::Result<()> {
+    let hash = pomona::store::CertHash::of_der(&dev.identity.cert.to_der()?);
+    let binding = pomona::store::CertBinding {
+        udid: dev.udid.clone(),
+        serial: dev.serial.clone(),
+        source: pomona::store::BindingSource::MachineInfo,
+    };
+    engine.store().bind_cert(&hash, &binding).await?;
+    Ok(())
 }

@@ -22,7 +22,7 @@ fn profile_list() -> Vec<u8> {
 async fn conformance_sequence_over_http() {
     let server = TestServer::start().await.unwrap();
     let api = server.api();
-    let mut dev = server.device().unwrap();
+    let mut dev = server.device().await.unwrap();
     dev.transport = Transport::Signature(SignatureStyle::BerNoAttributes);
     dev.enroll().await.unwrap();
     let id = dev.udid.as_str();
@@ -99,7 +99,7 @@ async fn both_signature_styles_and_proxy_header_are_accepted() {
         Transport::Signature(SignatureStyle::BerNoAttributes),
         Transport::ProxyHeader("X-Client-Cert".into()),
     ] {
-        let mut dev = server.device().unwrap();
+        let mut dev = server.device().await.unwrap();
         dev.transport = transport.clone();
         dev.enroll()
             .await
@@ -112,11 +112,11 @@ async fn both_signature_styles_and_proxy_header_are_accepted() {
 #[tokio::test]
 async fn identity_is_checked_and_never_answered_with_401() {
     let server = TestServer::start().await.unwrap();
-    let dev = server.device().unwrap();
+    let dev = server.device().await.unwrap();
     dev.enroll().await.unwrap();
 
     // No identity at all.
-    let mut anon = server.device().unwrap();
+    let mut anon = server.device().await.unwrap();
     anon.udid = dev.udid.clone();
     anon.transport = Transport::Anonymous;
     let mut idle = Dictionary::new();
@@ -126,7 +126,7 @@ async fn identity_is_checked_and_never_answered_with_401() {
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
 
     // Another valid certificate claiming this device: refused, pinned identity wins.
-    let mut imposter = server.device().unwrap();
+    let mut imposter = server.device().await.unwrap();
     imposter.udid = dev.udid.clone();
     let r = imposter.report(&idle).await.unwrap();
     assert_eq!(r.status, 400);
@@ -134,7 +134,7 @@ async fn identity_is_checked_and_never_answered_with_401() {
 
     // A certificate from a foreign CA.
     let foreign_ca = pomona::ca::CertificateAuthority::generate(&Default::default()).unwrap();
-    let mut stranger = server.device().unwrap();
+    let mut stranger = server.device().await.unwrap();
     stranger.identity = pomona_testkit::device::DeviceIdentity::issue(&foreign_ca, "x").unwrap();
     let r = stranger
         .checkin(&{
@@ -150,13 +150,13 @@ async fn identity_is_checked_and_never_answered_with_401() {
     assert!(String::from_utf8_lossy(&r.body).contains("not trusted"));
 
     // Re-using an enrolled device's certificate for another UDID at Authenticate.
-    let mut thief = server.device().unwrap();
+    let mut thief = server.device().await.unwrap();
     thief.identity = dev.identity.clone();
     let err = thief.authenticate().await.unwrap_err().to_string();
     assert!(err.contains("already associated"), "{err}");
 
     // Messages before Authenticate.
-    let newcomer = server.device().unwrap();
+    let newcomer = server.device().await.unwrap();
     let err = newcomer.token_update(false).await.unwrap_err().to_string();
     assert!(err.contains("must Authenticate first"), "{err}");
 
@@ -180,7 +180,7 @@ async fn identity_is_checked_and_never_answered_with_401() {
 async fn user_channels_cascade_on_checkout() {
     let server = TestServer::start().await.unwrap();
     let api = server.api();
-    let dev = server.device().unwrap();
+    let dev = server.device().await.unwrap();
     dev.enroll().await.unwrap();
     dev.user_token_update("USER-GUID-1", "jane").await.unwrap();
     let user_id = format!("{}:USER-GUID-1", dev.udid);
@@ -213,7 +213,7 @@ async fn user_channels_cascade_on_checkout() {
 #[tokio::test]
 async fn other_message_types() {
     let server = TestServer::start().await.unwrap();
-    let dev = server.device().unwrap();
+    let dev = server.device().await.unwrap();
     dev.enroll().await.unwrap();
     let msg = |t: &str| {
         let mut d = Dictionary::new();
@@ -276,7 +276,7 @@ async fn events_are_durable_and_streamed() {
     let server = TestServer::start().await.unwrap();
     let mut live = server.engine.subscribe();
     let api = server.api();
-    let dev = server.device().unwrap();
+    let dev = server.device().await.unwrap();
     dev.enroll().await.unwrap();
     let uuid = api
         .command(&[&dev.udid], "ProfileList", json!({}))
@@ -394,7 +394,7 @@ async fn admin_api_auth_and_errors() {
     assert_eq!(r.status, 400);
 
     // Duplicate UUIDs are refused; the first command stays intact.
-    let dev = server.device().unwrap();
+    let dev = server.device().await.unwrap();
     dev.enroll().await.unwrap();
     let body =
         json!({"targets": [dev.udid], "request_type": "ProfileList", "command_uuid": "DUP-1"});

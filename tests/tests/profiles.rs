@@ -293,7 +293,7 @@ async fn a_library_profile_reaches_a_device_as_install_profile() {
     let server = TestServer::start().await.unwrap();
     let http = Http { server: &server };
     assert_eq!(http.put("baseline", RESTRICTIONS).await.status, 201);
-    let device = server.device().unwrap();
+    let device = server.device().await.unwrap();
     device.enroll().await.unwrap();
 
     let library = server.engine.profiles();

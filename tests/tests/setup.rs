@@ -120,7 +120,7 @@ async fn team_steps_run_and_the_default_releases_when_they_finish() {
     )
     .await;
 
-    let dev = s.device().unwrap();
+    let dev = s.device().await.unwrap();
     dev.authenticate().await.unwrap();
     let path = format!("/v1/devices/{}", dev.serial);
     let placed = wait_for(&api, &path, |j| j["device"]["team"] == "Eng").await;
@@ -194,14 +194,14 @@ async fn team_steps_run_and_the_default_releases_when_they_finish() {
     assert_eq!(progress["detail"], "required steps finished");
     assert_eq!(progress["steps"][1]["id"], "wifi");
     assert_eq!(progress["steps"][1]["status"], "succeeded");
-    let mut stranger = s.device().unwrap();
+    let mut stranger = s.device().await.unwrap();
     stranger.transport = pomona_testkit::device::Transport::Anonymous;
     assert_eq!(
         stranger.setup_status().await.unwrap().0,
         403,
         "no identity, no answer"
     );
-    let unenrolled = s.device().unwrap();
+    let unenrolled = s.device().await.unwrap();
     assert_eq!(
         unenrolled.setup_status().await.unwrap().0,
         403,
@@ -238,7 +238,7 @@ async fn the_timeout_releases_a_device_whose_steps_do_not_finish() {
         }),
     )
     .await;
-    let dev = s.device().unwrap();
+    let dev = s.device().await.unwrap();
     dev.authenticate().await.unwrap();
     wait_for(&api, &format!("/v1/devices/{}", dev.serial), |j| {
         j["device"]["team"] == "Lab"
@@ -287,7 +287,7 @@ async fn a_plugin_holds_and_an_admin_releases() {
         r#"return { release = function(d, p) return { hold = "waiting for IT" } end }"#,
     )
     .await;
-    let dev = s.device().unwrap();
+    let dev = s.device().await.unwrap();
     dev.authenticate().await.unwrap();
     dev.token_update(true).await.unwrap();
     let path = format!("/v1/devices/{}/setup", dev.serial);
@@ -349,8 +349,8 @@ async fn a_slow_plugin_for_one_device_does_not_stall_the_others() {
         json!({"setup_steps": [{"id": "name", "command": {"request_type": "Settings", "parameters": {"Settings": []}}}]}),
     )
     .await;
-    let slow = s.device().unwrap();
-    let other = s.device().unwrap();
+    let slow = s.device().await.unwrap();
+    let other = s.device().await.unwrap();
     put_plugin(
         &api,
         "slow",
@@ -417,7 +417,7 @@ async fn teams_and_admin_placement() {
         r#"return { place = function() return { team = "A" } end }"#,
     )
     .await;
-    let dev = s.device().unwrap();
+    let dev = s.device().await.unwrap();
     dev.authenticate().await.unwrap();
     let path = format!("/v1/devices/{}", dev.serial);
     wait_for(&api, &path, |j| j["device"]["team"] == "A").await;
@@ -450,7 +450,7 @@ async fn teams_and_admin_placement() {
 async fn a_shared_ipad_user_is_released_with_user_configured() {
     let s = server(Duration::from_secs(1800)).await;
     let api = s.api();
-    let dev = s.device().unwrap();
+    let dev = s.device().await.unwrap();
     dev.enroll().await.unwrap();
     dev.shared_ipad_user_token_update("student1", true)
         .await

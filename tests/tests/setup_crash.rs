@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pomona_testkit::api::ApiClient;
-use pomona_testkit::device::{Device, DeviceIdentity};
+use pomona_testkit::device::Device;
+use pomona_testkit::enroll::enroll_automated;
 use pomona_testkit::server::{ServeCa, ServeProcess};
 use serde_json::json;
 
@@ -19,7 +20,6 @@ async fn sigkill_during_setup_neither_loses_nor_repeats_a_step() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let serve_ca = ServeCa::write(dir.path()).unwrap();
-    let ca = &serve_ca.ca;
     let key = "setup-crash-api-key-0123456789";
     let env = serve_ca.env(key);
     let client = reqwest::Client::new();
@@ -45,15 +45,18 @@ async fn sigkill_during_setup_neither_loses_nor_repeats_a_step() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.json);
 
-    let mut devices: Vec<Device> = (0..DEVICES)
-        .map(|i| {
-            Device::new(
-                DeviceIdentity::issue(ca, &format!("setup-crash-{i}")).unwrap(),
-                &p.url,
-                client.clone(),
-            )
-        })
-        .collect();
+    // Enrolled the way Automated Device Enrollment does (signed MachineInfo, then SCEP): only a
+    // serial number from such evidence gets a team's setup steps.
+    let mut devices: Vec<Device> = Vec::new();
+    for i in 0..DEVICES {
+        let udid = format!("SETUP-CRASH-UDID-{i}");
+        let serial = format!("C02CRASH{i:04}");
+        devices.push(
+            enroll_automated(&client, &p.url, &serve_ca.device_ca, &udid, &serial)
+                .await
+                .unwrap(),
+        );
+    }
     for d in &devices {
         d.authenticate().await.unwrap();
         d.token_update(true).await.unwrap();

@@ -319,7 +319,7 @@ async fn ordered_at_least_once_with_retries_and_restart() {
     assert_eq!(listed.json["webhooks"][0]["name"], "ops");
 
     // Events: an enrollment, commands queued and acknowledged.
-    let dev = server.device().unwrap();
+    let dev = server.device().await.unwrap();
     dev.enroll().await.unwrap();
     let mut uuids = Vec::new();
     for _ in 0..4 {
@@ -473,7 +473,7 @@ async fn isolation_test_deliveries_and_validation() {
     let (s, j) = put_hook(&server, "slow", &json!({"url": slow.url, "secret": secret})).await;
     assert_eq!(s, 201, "{j}");
 
-    let dev = server.device().unwrap();
+    let dev = server.device().await.unwrap();
     dev.enroll().await.unwrap();
     for _ in 0..3 {
         command(&server, &dev.udid).await;

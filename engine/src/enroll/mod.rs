@@ -14,7 +14,7 @@ use crate::ca::CertificateAuthority;
 use crate::events::{Outbox, event, kind};
 use crate::push::apns::ApnsPusher;
 use crate::scep::ScepService;
-use crate::store::{DeviceInfoStore, Emit, StoreError};
+use crate::store::{BindingSource, CertBinding, DeviceInfoStore, Emit, StoreError};
 use crate::wire::machine_info::{
     self, DeviceTrust, MachineInfo, MachineInfoError, software_update_required_body, version_lt,
 };
@@ -158,7 +158,7 @@ impl EnrollService {
         {
             return Err(EnrollError::Forbidden);
         }
-        self.profile().await
+        self.profile(None).await
     }
 
     /// Answer an Automated Device Enrollment request carrying signed MachineInfo.
@@ -202,7 +202,16 @@ impl EnrollService {
                 software_update_required_body(min, self.options.min_build_version.as_deref()),
             ));
         }
-        Ok(AutomatedAnswer::Profile(self.profile().await?))
+        // The challenge in this profile is bound to the verified UDID and serial, and so is the
+        // certificate SCEP issues from it.
+        let binding = CertBinding {
+            udid: info.udid.clone(),
+            serial: info.serial.clone(),
+            source: BindingSource::MachineInfo,
+        };
+        Ok(AutomatedAnswer::Profile(
+            self.profile(Some(&binding)).await?,
+        ))
     }
 
     /// The APNs topic for profiles: configured, else the uploaded push certificate's, else a
@@ -220,9 +229,12 @@ impl EnrollService {
         PLACEHOLDER_TOPIC.into()
     }
 
-    async fn profile(&self) -> Result<Vec<u8>, EnrollError> {
+    async fn profile(&self, binding: Option<&CertBinding>) -> Result<Vec<u8>, EnrollError> {
         let o = &self.options;
-        let challenge = self.scep.mint_challenge().await?;
+        let challenge = match binding {
+            Some(b) => self.scep.mint_bound_challenge(b).await?,
+            None => self.scep.mint_challenge().await?,
+        };
         let ca_der = self
             .ca
             .certificate()

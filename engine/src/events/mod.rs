@@ -23,6 +23,13 @@ pub mod kind {
     pub const ENROLLMENT_CHECKED_OUT: &str = "enrollment.checked_out";
     /// A device presented a new identity certificate accepted as a renewal.
     pub const IDENTITY_RENEWED: &str = "identity.renewed";
+    /// An enrollment was taken over by a new certificate with evidence (`data.evidence`:
+    /// `machine_info`, `renewal`, `checked_out`, `admin`, `renewal_policy_any`).
+    pub const IDENTITY_REENROLLED: &str = "identity.reenrolled";
+    /// A certificate tried to take over an enrollment pinned to another one without evidence.
+    pub const IDENTITY_TAKEOVER_REFUSED: &str = "identity.takeover_refused";
+    /// An admin allowed one re-enrollment of an enrollment by a new certificate.
+    pub const IDENTITY_REENROLL_APPROVED: &str = "identity.reenroll_approved";
     /// A device stored (or cleared) its bootstrap token.
     pub const BOOTSTRAP_TOKEN_STORED: &str = "bootstrap_token.stored";
     /// A device escrowed bootstrap token was handed back to it.

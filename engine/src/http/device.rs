@@ -17,9 +17,10 @@ use axum::routing::{get, put};
 use openssl::x509::X509;
 use serde_json::json;
 
+use super::cert_cache::{CertCache, ParsedCert};
 use super::status::device_status;
 use crate::engine::EngineInner;
-use crate::mdm::{CheckinResponse, Identity, IdentitySource, MdmError, Request};
+use crate::mdm::{CheckinResponse, Identity, IdentityError, IdentitySource, MdmError, Request};
 use crate::wire::checkin::CheckinMessage;
 use crate::wire::client_cert;
 use crate::wire::cms;
@@ -123,8 +124,12 @@ async fn dispatch(
     body: &[u8],
     is_checkin: bool,
 ) -> Result<Response, MdmError> {
-    let identity = identity(inner, peer, headers, body)?;
     let received_at = time::OffsetDateTime::now_utc();
+    // Identity first: signature over the raw bytes and the chain to the CA. Nothing parses the
+    // plist before both pass, and a request without identity is refused unparsed.
+    let identity = identity(inner, peer, headers, body, received_at.unix_timestamp())?
+        .ok_or(IdentityError::Missing)?;
+    let identity = Some(identity);
     if is_checkin {
         let msg = CheckinMessage::parse_with(body, &inner.http.plist_limits)
             .map_err(|e| MdmError::BadRequest(e.to_string()))?;
@@ -184,7 +189,8 @@ async fn setup_status(
     let Ok(body) = axum::body::to_bytes(body, 64 << 10).await else {
         return (StatusCode::BAD_REQUEST, "body is larger than 64 KiB").into_response();
     };
-    let identity = match identity(&inner, peer.map(|p| p.0), &headers, &body) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let identity = match identity(&inner, peer.map(|p| p.0), &headers, &body, now) {
         Ok(Some(i)) => i,
         Ok(None) => {
             return (
@@ -206,6 +212,19 @@ async fn setup_status(
         }
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     };
+    // The owner table also remembers retired certificates (replaced by a renewal or a
+    // re-enrollment): only the currently pinned one may read the setup.
+    match inner.store.pinned_cert(&owner).await {
+        Ok(Some(pinned)) if pinned == identity.hash => {}
+        Ok(_) => {
+            return (
+                StatusCode::FORBIDDEN,
+                "this certificate was replaced and is retired",
+            )
+                .into_response();
+        }
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
     match inner.store.setup(owner.as_str()).await {
         Ok(Some(s)) => {
             let (state, detail) = match &s.state {
@@ -227,11 +246,15 @@ async fn setup_status(
 
 /// The identity a request presents: `Mdm-Signature`, then the TLS peer certificate, then the
 /// configured proxy header. A present but invalid signature or header is an error, not "none".
+///
+/// The certificate must chain to the engine's CA (at `now`, unix seconds); a certificate enters
+/// the decoded-certificate cache only after its signature and chain verified.
 fn identity(
     inner: &EngineInner,
     peer: Option<PeerCertificate>,
     headers: &HeaderMap,
     body: &[u8],
+    now: i64,
 ) -> Result<Option<Identity>, MdmError> {
     if let Some(sig) = headers.get("mdm-signature") {
         let sig = sig
@@ -241,13 +264,24 @@ fn identity(
             .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: {e}")))?;
         let parsed = cms::DetachedSignature::parse(&der)
             .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: {e}")))?;
-        let signer = inner
-            .certs
-            .get(parsed.signer_cert_der)
-            .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: signer {e}")))?;
-        parsed
-            .verify(body, &signer.key)
-            .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: {e}")))?;
+        let signer = match inner.certs.cached(parsed.signer_cert_der) {
+            Some(signer) => {
+                parsed
+                    .verify(body, &signer.key)
+                    .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: {e}")))?;
+                inner.verifier.check(&signer.cert, &signer.hash, now)?;
+                signer
+            }
+            None => {
+                let signer = CertCache::decode(parsed.signer_cert_der)
+                    .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: signer {e}")))?;
+                parsed
+                    .verify(body, &signer.key)
+                    .map_err(|e| MdmError::BadRequest(format!("Mdm-Signature: {e}")))?;
+                inner.verifier.check(&signer.cert, &signer.hash, now)?;
+                inner.certs.insert(signer)
+            }
+        };
         return Ok(Some(Identity::with_hash(
             signer.cert.clone(),
             signer.hash,
@@ -255,7 +289,9 @@ fn identity(
         )));
     }
     if let Some(peer) = peer {
-        return Ok(Some(Identity::new(peer.0, IdentitySource::Tls)));
+        let identity = Identity::new(peer.0, IdentitySource::Tls);
+        inner.verifier.check(&identity.cert, &identity.hash, now)?;
+        return Ok(Some(identity));
     }
     if let Some(name) = &inner.http.client_cert_header
         && let Some(value) = headers.get(name)
@@ -265,10 +301,18 @@ fn identity(
             .map_err(|_| MdmError::BadRequest(format!("{name} header is not ASCII")))?;
         let der = client_cert::decode_client_cert_der(value)
             .map_err(|e| MdmError::BadRequest(format!("{name} header: {e}")))?;
-        let cert = inner
-            .certs
-            .get(&der)
-            .map_err(|e| MdmError::BadRequest(format!("{name} header: {e}")))?;
+        let cert = match inner.certs.cached(&der) {
+            Some(cert) => {
+                inner.verifier.check(&cert.cert, &cert.hash, now)?;
+                cert
+            }
+            None => {
+                let cert: ParsedCert = CertCache::decode(&der)
+                    .map_err(|e| MdmError::BadRequest(format!("{name} header: {e}")))?;
+                inner.verifier.check(&cert.cert, &cert.hash, now)?;
+                inner.certs.insert(cert)
+            }
+        };
         return Ok(Some(Identity::with_hash(
             cert.cert.clone(),
             cert.hash,

@@ -197,3 +197,72 @@ fn oversized_bodies_are_400() {
     let sig = f.sign(&body);
     assert_eq!(f.send("/mdm/connect", body, Some(sig)), 200);
 }
+
+fn send_text(f: &Fixture, path: &str, body: Vec<u8>, signature: Option<String>) -> (u16, String) {
+    let mut req = Request::put(path);
+    if let Some(s) = signature {
+        req = req.header("Mdm-Signature", s);
+    }
+    let req = req.body(Body::from(body)).unwrap();
+    f.rt.block_on(async {
+        let r = f.engine.router().oneshot(req).await.unwrap();
+        let status = r.status().as_u16();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+/// Issue #11, "verify identity before parsing": a request without identity is refused before
+/// its plist is read, whatever the body holds.
+#[test]
+fn no_identity_is_refused_before_parsing() {
+    let f = fixture();
+    let before = f.snapshot();
+    let unparseable = b"<plist><dict><key>UDID</key><array><array>".to_vec();
+    let (status, text) = send_text(f, "/mdm/checkin", unparseable, None);
+    assert_eq!(status, 400);
+    assert!(text.contains("no device identity"), "{text}");
+    let (status, text) = send_text(f, "/mdm/connect", idle_report(), None);
+    assert_eq!(status, 400);
+    assert!(text.contains("no device identity"), "{text}");
+    assert_eq!(f.snapshot(), before);
+}
+
+/// Issue #11 item 9: certificates that do not chain to the engine's CA never enter the decoded
+/// certificate cache, even with a valid signature over the body; the device's own does.
+#[test]
+fn unauthenticated_certificates_do_not_grow_the_cert_cache() {
+    let f = Fixture::new(64 * 1024);
+    let cached = f.engine.inner.certs.len();
+    assert_eq!(cached, 1, "the fixture device's certificate");
+    for i in 0..20 {
+        let key = PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap();
+        let mut name = X509Name::builder().unwrap();
+        name.append_entry_by_text("CN", &format!("stranger {i}"))
+            .unwrap();
+        let name = name.build();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        let cert = b.build();
+        let body = idle_report();
+        let sig = B64
+            .encode(sign_detached(&body, &cert, &key, SignatureStyle::DerWithAttributes).unwrap());
+        let (status, text) = send_text(&f, "/mdm/connect", body, Some(sig));
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("not trusted"), "{text}");
+    }
+    assert_eq!(f.engine.inner.certs.len(), cached);
+    let body = idle_report();
+    let sig = f.sign(&body);
+    assert_eq!(f.send("/mdm/connect", body, Some(sig)), 200);
+    assert_eq!(f.engine.inner.certs.len(), 1);
+}

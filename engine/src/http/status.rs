@@ -41,6 +41,8 @@ mod tests {
             MdmError::Identity(IdentityError::Mismatch("x".into())),
             MdmError::Identity(IdentityError::InUse("x".into())),
             MdmError::Identity(IdentityError::UnknownEnrollment("x".into())),
+            MdmError::Identity(IdentityError::TakeoverRefused("x".into())),
+            MdmError::Identity(IdentityError::NotEscrowHolder("x")),
             MdmError::Declined,
             MdmError::NotFound("x".into()),
             MdmError::Store(StoreError::Backend("disk".into())),

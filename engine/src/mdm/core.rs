@@ -6,12 +6,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use plist::{Dictionary, Value};
 
+use super::IdentityError;
+use super::identity::holds_through_renewals;
 use super::last_seen::LastSeen;
 use super::{CheckinResponse, MdmError, MdmService, ReportResponse, Request, declarative, observe};
 use crate::events::Outbox;
 use crate::seal::{SealKey, context};
 use crate::store::{
-    BootstrapStore, Emit, EnrollmentStore, NextCommand, QueueStore, ReportRecord, Store,
+    BootstrapStore, Emit, EnrollmentStore, IdentityStore, NextCommand, QueueStore, ReportRecord,
+    Store,
 };
 use crate::wire::checkin::{CheckinBody, GetToken, to_xml};
 use crate::wire::enrollment_id::{Channel, EnrollmentId};
@@ -64,6 +67,7 @@ pub struct Core {
     enrollments: Arc<dyn EnrollmentStore>,
     queue: Arc<dyn QueueStore>,
     bootstrap: Arc<dyn BootstrapStore>,
+    identity: Arc<dyn IdentityStore>,
     outbox: Outbox,
     seal: SealKey,
     last_seen: Arc<LastSeen>,
@@ -82,12 +86,28 @@ impl Core {
         Self {
             enrollments: store.clone(),
             queue: store.clone(),
-            bootstrap: store,
+            bootstrap: store.clone(),
+            identity: store,
             outbox,
             seal,
             last_seen,
             options,
         }
+    }
+
+    /// The serial number the presented certificate is bound to by evidence (verified
+    /// MachineInfo for this request's UDID), if any. An unreadable binding counts as none.
+    async fn verified_serial(&self, req: &Request) -> Option<String> {
+        let identity = req.identity.as_ref()?;
+        let binding = self
+            .identity
+            .cert_binding(&identity.hash)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(%err, "certificate binding unreadable; serial unverified");
+                None
+            })?;
+        (req.identifiers.udid.as_deref() == Some(binding.udid.as_str())).then_some(binding.serial)
     }
 
     fn require_device_channel(req: &Request, what: &str) -> Result<(), MdmError> {
@@ -125,7 +145,12 @@ impl MdmService for Core {
                     .await?;
                 let events = self
                     .enrollments
-                    .store_authenticate(channel, m, now, observe::authenticated(req, m))
+                    .store_authenticate(
+                        channel,
+                        m,
+                        now,
+                        observe::authenticated(req, m, self.verified_serial(req).await),
+                    )
                     .await?;
                 self.outbox.broadcast(&events);
                 let mut ids = vec![channel.id.clone()];
@@ -175,13 +200,15 @@ impl MdmService for Core {
             },
             CheckinBody::SetBootstrapToken(token) => {
                 Self::require_device_channel(req, "SetBootstrapToken")?;
+                let holder = req.identity.as_ref().ok_or(IdentityError::Missing)?.hash;
                 let ctx = context::bootstrap_token(channel.id.as_str());
                 let sealed = token.as_ref().map(|t| self.seal.seal(&ctx, t));
                 let events = self
                     .bootstrap
-                    .store_bootstrap_token(
+                    .store_bootstrap_token_held(
                         &channel.id,
                         sealed,
+                        &holder,
                         observe::bootstrap_stored(req, token.is_none()),
                     )
                     .await?;
@@ -190,6 +217,12 @@ impl MdmService for Core {
             }
             CheckinBody::GetBootstrapToken => {
                 Self::require_device_channel(req, "GetBootstrapToken")?;
+                let presented = req.identity.as_ref().ok_or(IdentityError::Missing)?.hash;
+                if let Some(holder) = self.bootstrap.bootstrap_holder(&channel.id).await?
+                    && !holds_through_renewals(&*self.identity, &presented, &holder).await?
+                {
+                    return Err(IdentityError::NotEscrowHolder("the bootstrap token").into());
+                }
                 let stored = self.bootstrap.bootstrap_token(&channel.id).await?;
                 // A read: the event is the only write, committed before the answer.
                 self.outbox

@@ -31,7 +31,7 @@ use crate::wire::enrollment_id::{Channel, Identifiers};
 use crate::wire::report::CommandReport;
 
 pub use self::core::{Core, CoreOptions, UserAuthenticatePolicy};
-pub use identity::{PinIdentity, RenewalPolicy, VerifyIdentity};
+pub use identity::{CachedVerifier, IdentityService, PinIdentity, RenewalPolicy, VerifyIdentity};
 
 /// The certificate a device presented (by `Mdm-Signature` or mutual TLS).
 #[derive(Debug, Clone)]
@@ -124,6 +124,13 @@ pub enum IdentityError {
     /// The certificate is not the one pinned to this enrollment and is not a recognised renewal.
     #[error("certificate does not match the identity pinned to enrollment {0}")]
     Mismatch(String),
+    /// `Authenticate` for an enrollment pinned to another certificate, without evidence that
+    /// the new certificate belongs to the same device (see `docs/security.md`).
+    #[error("re-enrollment refused: {0}")]
+    TakeoverRefused(String),
+    /// An escrowed secret was asked for by a certificate other than the one that escrowed it.
+    #[error("{0} was escrowed by another certificate")]
+    NotEscrowHolder(&'static str),
     /// A message other than `Authenticate` for a device that never authenticated.
     #[error("enrollment {0} is unknown: the device must Authenticate first")]
     UnknownEnrollment(String),

@@ -14,14 +14,23 @@ use crate::wire::checkin::{Authenticate, TokenUpdate};
 use crate::wire::enrollment_id::EnrollmentId;
 use crate::wire::report::{CommandReport, Status};
 
-/// `enrollment.authenticated`.
-pub fn authenticated(req: &Request, m: &Authenticate) -> Emit<()> {
+/// `enrollment.authenticated`. `verified_serial` is the serial number the presented
+/// certificate is bound to by evidence (verified MachineInfo for this UDID), if any: only that
+/// serial may link the enrollment to a device record, so the event says which kind it has.
+pub fn authenticated(req: &Request, m: &Authenticate, verified_serial: Option<String>) -> Emit<()> {
+    let evidence = if verified_serial.is_some() {
+        "machine_info"
+    } else {
+        "self_asserted"
+    };
     Emit::events(vec![event(
         kind::ENROLLMENT_AUTHENTICATED,
         Some(&req.channel.id),
         json!({
             "udid": req.identifiers.udid,
             "serial_number": m.serial_number,
+            "serial_evidence": evidence,
+            "verified_serial_number": verified_serial,
             "model": m.model,
             "os_version": m.os_version,
             "build_version": m.build_version,

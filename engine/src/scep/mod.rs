@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::ca::CertificateAuthority;
 use crate::events::{Outbox, event, kind};
 use crate::store::{
-    CertHash, ChallengeStatus, ChallengeStore, IdentityStore, ScepIssue, StoreError,
+    CertBinding, CertHash, ChallengeStatus, ChallengeStore, IdentityStore, ScepIssue, StoreError,
 };
 use crate::wire::scep::{
     self, FailInfo, MessageType, Outcome, ScepError, ScepRequest, SignedMessage,
@@ -110,12 +110,29 @@ impl ScepService {
 
     /// Mint a one-time challenge (for an enrollment-profile download).
     pub async fn mint_challenge(&self) -> Result<String, StoreError> {
+        self.mint(None).await
+    }
+
+    /// Mint a one-time challenge for the device verified MachineInfo names: the certificate
+    /// issued from it is bound to `binding` (evidence for the identity-binding policy).
+    pub async fn mint_bound_challenge(&self, binding: &CertBinding) -> Result<String, StoreError> {
+        self.mint(Some(binding)).await
+    }
+
+    async fn mint(&self, binding: Option<&CertBinding>) -> Result<String, StoreError> {
         let mut raw = [0u8; 18];
         openssl::rand::rand_bytes(&mut raw).expect("the OpenSSL RNG works");
         let challenge = hex::encode(raw);
         let expires = time::OffsetDateTime::now_utc()
             + time::Duration::seconds(i64::from(self.options.challenge_ttl_secs));
-        self.challenges.put_challenge(&challenge, expires).await?;
+        match binding {
+            Some(b) => {
+                self.challenges
+                    .put_bound_challenge(&challenge, expires, b)
+                    .await?
+            }
+            None => self.challenges.put_challenge(&challenge, expires).await?,
+        }
         Ok(challenge)
     }
 
@@ -179,6 +196,9 @@ impl ScepService {
         } else {
             scep::csr_challenge(&csr)
         };
+        // The evidence the new certificate inherits: a renewal keeps the renewed certificate's
+        // binding, a one-time challenge minted for MachineInfo gives that MachineInfo's.
+        let mut binding: Option<CertBinding> = None;
         let renewed_from = if renewal {
             if let Err(e) = self.ca.verify_device_cert(&m.signer) {
                 return Ok(Err((
@@ -189,17 +209,24 @@ impl ScepService {
             if let Some(again) = self.retried(m, &csr_key, None).await? {
                 return Ok(Ok(again));
             }
-            Some(CertHash::of_der(
+            let old = CertHash::of_der(
                 &m.signer
                     .to_der()
                     .map_err(|e| ScepError::Build(e.to_string()))?,
-            ))
+            );
+            binding = self.identity.cert_binding(&old).await?;
+            Some(old)
         } else {
             if let Some(again) = self.retried(m, &csr_key, challenge.as_deref()).await? {
                 return Ok(Ok(again));
             }
             match self.check_challenge(challenge.as_deref()).await? {
-                Ok(()) => None,
+                Ok(()) => {
+                    if let Some(p) = &challenge {
+                        binding = self.challenges.challenge_binding(p).await?;
+                    }
+                    None
+                }
                 Err(reason) => return Ok(Err((FailInfo::BadRequest, reason))),
             }
         };
@@ -218,6 +245,9 @@ impl ScepService {
         if let Some(old) = &renewed_from {
             self.identity.link_renewal(old, &new_hash).await?;
         }
+        if let Some(b) = &binding {
+            self.identity.bind_cert(&new_hash, b).await?;
+        }
         self.remember(m, csr_key, challenge.as_deref(), &issued)
             .await?;
         let serial = issued
@@ -232,6 +262,7 @@ impl ScepService {
                 "serial": serial,
                 "certificate_sha256": new_hash.to_hex(),
                 "renewal_of": renewed_from.map(|h| h.to_hex()),
+                "bound_udid": binding.as_ref().map(|b| b.udid.clone()),
                 "transaction_id": m.transaction_id,
             }),
         );

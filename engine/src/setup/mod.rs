@@ -7,8 +7,8 @@
 //! after that commit under UUIDs fixed in the records, so queuing again after a crash is a
 //! harmless duplicate. Nothing is lost and nothing is sent twice.
 //!
-//! - `enroll.machine_info`, `enrollment.authenticated`: the device record gets its UDID and
-//!   enrollment, and the `place` hook is asked.
+//! - `enroll.machine_info`, `enrollment.authenticated` (with a verified serial number only): the
+//!   device record gets its UDID and enrollment, and the `place` hook is asked.
 //! - `enrollment.completed` (first `TokenUpdate`) with `AwaitingConfiguration`: the `setup-steps`
 //!   hook (default: the team's `setup_steps`) decides the steps; their commands are queued.
 //! - `command.result` / `command.not_now` for a step: the step's status changes
@@ -241,7 +241,10 @@ impl SetupService {
                 }
                 None => LifecycleWrite::default(),
             },
-            (kind::ENROLLMENT_AUTHENTICATED, Some(id)) => match text("serial_number") {
+            // Only a serial number backed by evidence (the certificate was issued for verified
+            // MachineInfo) links the enrollment to a device record, its team and its steps; a
+            // serial the device merely reports stays on the enrollment.
+            (kind::ENROLLMENT_AUTHENTICATED, Some(id)) => match text("verified_serial_number") {
                 Some(serial) => {
                     let mut d = self.device_or_new(&serial).await?;
                     d.udid = text("udid").or(d.udid);
@@ -350,18 +353,27 @@ impl SetupService {
         let mut device = match self.devices.device_by_enrollment(id.as_str()).await? {
             Some(d) => d,
             None => {
-                // Enrolled without an Authenticate event we saw (an embedder's own flow).
-                let Some(enr) = self.enrollments.enrollment(id).await? else {
-                    return Ok(());
-                };
-                let serial = enr
-                    .device
-                    .serial_number
-                    .clone()
-                    .unwrap_or_else(|| id.to_string());
-                let mut d = self.device_or_new(&serial).await?;
-                d.enrollment_id = Some(id.to_string());
-                d
+                // Not linked to a device record: its Authenticate named no serial number backed
+                // by evidence. The serial it reported must not pick a device record (and so a
+                // team and its setup steps).
+                if awaiting {
+                    let reported = self
+                        .enrollments
+                        .enrollment(id)
+                        .await?
+                        .and_then(|e| e.device.serial_number);
+                    tracing::warn!(
+                        enrollment = %id,
+                        ?reported,
+                        "waiting in Setup Assistant without a verified serial number: no setup steps"
+                    );
+                }
+                return self
+                    .commit(LifecycleWrite {
+                        cursor,
+                        ..Default::default()
+                    })
+                    .await;
             }
         };
         device.stage = DeviceStage::Enrolled;

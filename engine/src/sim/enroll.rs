@@ -228,3 +228,44 @@ impl TestDeviceCa {
         Ok(sign_machine_info(info, &leaf.0, &leaf.1, &[])?)
     }
 }
+
+/// Automated Device Enrollment as a Mac does it: POST MachineInfo for `udid` and `serial`, signed
+/// by `device_ca`, to `{base}/mdm/enroll`, then SCEP with the profile's challenge (whose
+/// certificate the engine binds to that UDID and serial). Returns the device, not yet
+/// authenticated.
+pub async fn enroll_automated(
+    client: &reqwest::Client,
+    base: &str,
+    device_ca: &TestDeviceCa,
+    udid: &str,
+    serial: &str,
+) -> anyhow::Result<Device> {
+    let info = MachineInfo {
+        udid: udid.to_owned(),
+        serial: serial.to_owned(),
+        product: Some("Mac15,3".into()),
+        os_version: Some("15.1".into()),
+        ..Default::default()
+    };
+    let response = client
+        .post(format!("{}/mdm/enroll", base.trim_end_matches('/')))
+        .body(device_ca.sign(&info)?)
+        .send()
+        .await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        bail!(
+            "the enrollment profile was refused ({status}): {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+    let mut device = Profile::parse(&body)?
+        .enroll_with_key(client, udid, key)
+        .await
+        .context("SCEP")?;
+    device.udid = udid.to_owned();
+    device.serial = serial.to_owned();
+    Ok(device)
+}

@@ -106,6 +106,7 @@ pub async fn run_all<S: Store>(store: &S) {
     user_channel_cascade(store).await;
     token_update_tally_and_unlock_token(store).await;
     identity_pinning(store).await;
+    identity_evidence(store).await;
     garbage_collection(store).await;
     events_bootstrap_secrets(store).await;
     listing(store).await;
@@ -730,6 +731,97 @@ async fn identity_pinning<S: Store>(store: &S) {
         Some(id.clone()),
         "old hashes stay owned"
     );
+}
+
+/// Certificate bindings, bound challenges, checked-out marks, admin approvals and the escrow
+/// holder of bootstrap tokens.
+async fn identity_evidence<S: Store>(store: &S) {
+    let h1 = CertHash::of_der(b"evidence one");
+    let h2 = CertHash::of_der(b"evidence two");
+    let binding = CertBinding {
+        udid: "EV-UDID".into(),
+        serial: "C02EVIDENCE".into(),
+        source: BindingSource::MachineInfo,
+    };
+    assert_eq!(store.cert_binding(&h1).await.unwrap(), None);
+    store.bind_cert(&h1, &binding).await.unwrap();
+    assert_eq!(
+        store.cert_binding(&h1).await.unwrap(),
+        Some(binding.clone())
+    );
+
+    // A bound challenge keeps its binding after use; an anonymous one has none.
+    let later = now() + Duration::hours(1);
+    store
+        .put_bound_challenge("bound-challenge", later, &binding)
+        .await
+        .unwrap();
+    store.put_challenge("plain-challenge", later).await.unwrap();
+    assert_eq!(
+        store
+            .consume_challenge("bound-challenge", now())
+            .await
+            .unwrap(),
+        ChallengeStatus::Accepted
+    );
+    assert_eq!(
+        store.challenge_binding("bound-challenge").await.unwrap(),
+        Some(binding.clone())
+    );
+    assert_eq!(
+        store.challenge_binding("plain-challenge").await.unwrap(),
+        None
+    );
+    assert_eq!(store.challenge_binding("unknown").await.unwrap(), None);
+
+    // Checked out until the next pin.
+    let ch = enroll(store, "EV-UDID").await;
+    let id = ch.id.clone();
+    store.pin_cert(&id, &h1).await.unwrap();
+    assert!(!store.pin_released(&id).await.unwrap());
+    store.release_pin(&id).await.unwrap();
+    assert!(store.pin_released(&id).await.unwrap());
+    store.pin_cert(&id, &h1).await.unwrap();
+    assert!(!store.pin_released(&id).await.unwrap());
+
+    // One-time, expiring approvals.
+    assert!(!store.take_reenrollment_approval(&id, now()).await.unwrap());
+    store.approve_reenrollment(&id, later).await.unwrap();
+    assert!(store.take_reenrollment_approval(&id, now()).await.unwrap());
+    assert!(!store.take_reenrollment_approval(&id, now()).await.unwrap());
+    store
+        .approve_reenrollment(&id, now() - Duration::seconds(1))
+        .await
+        .unwrap();
+    assert!(!store.take_reenrollment_approval(&id, now()).await.unwrap());
+
+    // The escrow holder; a re-pin clearing escrow drops token, holder and unlock token.
+    store
+        .store_bootstrap_token_held(&id, Some(b"sealed".to_vec()), &h1, Emit::none())
+        .await
+        .unwrap();
+    assert_eq!(store.bootstrap_holder(&id).await.unwrap(), Some(h1));
+    store
+        .store_token_update(
+            &ch,
+            &token_update(),
+            Some(b"unlock".to_vec()),
+            (None, None),
+            now(),
+            Emit::none(),
+        )
+        .await
+        .unwrap();
+    store
+        .repin_cert_clearing_escrow(&id, &h2, Emit::none())
+        .await
+        .unwrap();
+    assert_eq!(store.pinned_cert(&id).await.unwrap(), Some(h2));
+    assert_eq!(store.bootstrap_token(&id).await.unwrap(), None);
+    assert_eq!(store.bootstrap_holder(&id).await.unwrap(), None);
+    let e = store.enrollment(&id).await.unwrap().unwrap();
+    assert_eq!(e.unlock_token_sealed, None);
+    assert_eq!(store.cert_owner(&h1).await.unwrap(), Some(id.clone()));
 }
 
 async fn garbage_collection<S: Store>(store: &S) {

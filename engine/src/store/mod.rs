@@ -165,6 +165,44 @@ pub trait IdentityStore: Send + Sync {
 
     /// The certificate `hash` was issued as a renewal of, if any.
     async fn renewed_from(&self, new: &CertHash) -> StoreResult<Option<CertHash>>;
+
+    /// Record the evidence-based binding of an issued certificate (replacing any).
+    async fn bind_cert(&self, hash: &CertHash, binding: &CertBinding) -> StoreResult<()>;
+
+    /// The evidence-based binding of a certificate, if it has one.
+    async fn cert_binding(&self, hash: &CertHash) -> StoreResult<Option<CertBinding>>;
+
+    /// Pin `hash` to `id` for a re-enrollment by a different holder: like [`Self::pin_cert`], and
+    /// in the same transaction drop what the previous holder escrowed (bootstrap token, unlock
+    /// token).
+    async fn repin_cert_clearing_escrow(
+        &self,
+        id: &EnrollmentId,
+        hash: &CertHash,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>>;
+
+    /// Mark `id` as checked out by its pinned certificate: a new certificate may enroll it again.
+    /// Pinning a certificate ends the mark.
+    async fn release_pin(&self, id: &EnrollmentId) -> StoreResult<()>;
+
+    /// Whether `id` is checked out (see [`Self::release_pin`]).
+    async fn pin_released(&self, id: &EnrollmentId) -> StoreResult<bool>;
+
+    /// Allow one re-enrollment of `id` by a new certificate until `expires_at` (an admin's
+    /// approval; replaces a pending one).
+    async fn approve_reenrollment(
+        &self,
+        id: &EnrollmentId,
+        expires_at: Timestamp,
+    ) -> StoreResult<()>;
+
+    /// Use the pending approval of `id` if there is an unexpired one. Returns whether there was.
+    async fn take_reenrollment_approval(
+        &self,
+        id: &EnrollmentId,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
 }
 
 /// The command queue and command results.
@@ -241,6 +279,20 @@ pub trait BootstrapStore: Send + Sync {
 
     /// A device's sealed bootstrap token.
     async fn bootstrap_token(&self, id: &EnrollmentId) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Store or clear a device's sealed bootstrap token together with the certificate that
+    /// escrowed it (the only one it is handed back to, with its SCEP renewals).
+    async fn store_bootstrap_token_held(
+        &self,
+        id: &EnrollmentId,
+        sealed: Option<Vec<u8>>,
+        holder: &CertHash,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>>;
+
+    /// The certificate that escrowed a device's bootstrap token (none for tokens stored before
+    /// holders were recorded).
+    async fn bootstrap_holder(&self, id: &EnrollmentId) -> StoreResult<Option<CertHash>>;
 }
 
 /// The durable event outbox.
@@ -341,6 +393,18 @@ pub trait ChallengeStore: ScepTransactionStore + Send + Sync {
         challenge: &str,
         now: Timestamp,
     ) -> StoreResult<ChallengeStatus>;
+
+    /// Remember a challenge minted for verified MachineInfo: a certificate issued from it is
+    /// bound to `binding`.
+    async fn put_bound_challenge(
+        &self,
+        challenge: &str,
+        expires_at: Timestamp,
+        binding: &CertBinding,
+    ) -> StoreResult<()>;
+
+    /// The binding a challenge was minted with (none for anonymous or unknown challenges).
+    async fn challenge_binding(&self, challenge: &str) -> StoreResult<Option<CertBinding>>;
 
     /// Forget challenges that expired before `before`. Returns how many.
     async fn prune_challenges(&self, before: Timestamp) -> StoreResult<u64>;

@@ -26,6 +26,26 @@ impl CertHash {
     }
 }
 
+/// Where a certificate's UDID and serial binding comes from (see `docs/security.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindingSource {
+    /// Issued by SCEP from a one-time challenge minted for verified, Apple-signed MachineInfo
+    /// (or renewed from such a certificate).
+    MachineInfo,
+}
+
+/// The device a certificate was issued to, from evidence rather than from what the device says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertBinding {
+    /// The UDID the evidence names.
+    pub udid: String,
+    /// The hardware serial number the evidence names.
+    pub serial: String,
+    /// The evidence.
+    pub source: BindingSource,
+}
+
 /// Device facts reported at `Authenticate`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceFacts {

@@ -6,6 +6,12 @@
 //! certificate lacks S/MIME key usage, so verification ignores validity times, accepts legacy
 //! algorithms (authentication level 0) and checks the chain for no particular purpose — after
 //! checking the signature itself.
+//!
+//! Because any certificate under Apple Root CA (a free developer certificate, for one) would
+//! pass such a loose check, the chain is built only from the configured bundle — certificates
+//! embedded in the CMS are never used as intermediates — and the signer must be issued directly
+//! by a device CA of the bundle: a bundle certificate that issues no other bundle certificate
+//! (Apple iPhone Device CA in Apple's chain).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -127,10 +133,13 @@ impl MachineInfo {
 }
 
 /// Trust anchors for MachineInfo signatures: roots are trusted, other certificates are used as
-/// intermediates.
+/// intermediates, and the lowest certificates of the bundle are the device CAs that sign
+/// devices' certificates.
 pub struct DeviceTrust {
     store: X509Store,
     intermediates: Vec<X509>,
+    /// DER of the certificates allowed to issue a MachineInfo signer.
+    device_cas: Vec<Vec<u8>>,
     count: usize,
 }
 
@@ -165,6 +174,21 @@ impl DeviceTrust {
             ));
         }
         let count = certs.len();
+        // Device CAs: bundle certificates that issue no other certificate of the bundle.
+        let mut device_cas = Vec::new();
+        for c in &certs {
+            let issues_another = certs.iter().any(|o| {
+                !std::ptr::eq(o, c)
+                    && o.to_der().ok() != c.to_der().ok()
+                    && c.issued(o) == openssl::x509::X509VerifyResult::OK
+            });
+            if !issues_another {
+                device_cas.push(
+                    c.to_der()
+                        .map_err(|e| MachineInfoError::Trust(e.to_string()))?,
+                );
+            }
+        }
         let mut b = X509StoreBuilder::new().map_err(|e| MachineInfoError::Trust(e.to_string()))?;
         let mut intermediates = Vec::new();
         let mut roots = 0;
@@ -193,6 +217,7 @@ impl DeviceTrust {
         Ok(Self {
             store: b.build(),
             intermediates,
+            device_cas,
             count,
         })
     }
@@ -212,9 +237,10 @@ impl DeviceTrust {
         self.count == 0
     }
 
-    fn verify_chain(&self, leaf: &X509Ref, extra: &[X509]) -> Result<(), MachineInfoError> {
+    /// Build and verify `leaf`'s chain from the bundle alone; returns the chain, leaf first.
+    fn verify_chain(&self, leaf: &X509Ref) -> Result<Vec<X509>, MachineInfoError> {
         let mut chain = Stack::new().map_err(|e| MachineInfoError::Untrusted(e.to_string()))?;
-        for c in self.intermediates.iter().chain(extra) {
+        for c in &self.intermediates {
             chain
                 .push(c.clone())
                 .map_err(|e| MachineInfoError::Untrusted(e.to_string()))?;
@@ -224,15 +250,35 @@ impl DeviceTrust {
         let result = ctx
             .init(&self.store, leaf, &chain, |c| {
                 Ok(if c.verify_cert()? {
-                    None
+                    let built = c
+                        .chain()
+                        .map(|s| s.iter().map(|x| x.to_owned()).collect())
+                        .unwrap_or_default();
+                    Ok(built)
                 } else {
-                    Some(c.error())
+                    Err(c.error())
                 })
             })
             .map_err(|e| MachineInfoError::Untrusted(e.to_string()))?;
-        match result {
-            None => Ok(()),
-            Some(e) => Err(MachineInfoError::Untrusted(e.error_string().to_owned())),
+        result.map_err(|e| MachineInfoError::Untrusted(e.error_string().to_owned()))
+    }
+
+    /// Verify `signer`'s chain and that a device CA of the bundle issued it directly.
+    fn verify_signer(&self, signer: &X509Ref) -> Result<(), MachineInfoError> {
+        let chain = self.verify_chain(signer)?;
+        let issuer = chain
+            .get(1)
+            .ok_or_else(|| {
+                MachineInfoError::Untrusted("the signer is a trust anchor, not a device".into())
+            })?
+            .to_der()
+            .map_err(|e| MachineInfoError::Untrusted(e.to_string()))?;
+        if self.device_cas.contains(&issuer) {
+            Ok(())
+        } else {
+            Err(MachineInfoError::Untrusted(
+                "the signer was not issued by the device CA".into(),
+            ))
         }
     }
 }
@@ -243,13 +289,11 @@ pub fn verify_machine_info(
     trust: &DeviceTrust,
 ) -> Result<MachineInfo, MachineInfoError> {
     let p7 = Pkcs7::from_der(signed).map_err(|e| MachineInfoError::Malformed(e.to_string()))?;
-    let signed_data = p7
-        .signed()
-        .ok_or_else(|| MachineInfoError::Malformed("not a SignedData".into()))?;
-    let embedded: Vec<X509> = signed_data
-        .certificates()
-        .map(|s| s.iter().map(|c| c.to_owned()).collect())
-        .unwrap_or_default();
+    if p7.signed().is_none() {
+        return Err(MachineInfoError::Malformed("not a SignedData".into()));
+    }
+    // Certificates embedded in the CMS only supply the signer's own certificate; they are never
+    // intermediates of its chain (see `DeviceTrust::verify_signer`).
     let none = Stack::new().map_err(|e| MachineInfoError::Malformed(e.to_string()))?;
     let signers = p7
         .signers(&none, Pkcs7Flags::empty())
@@ -270,7 +314,7 @@ pub fn verify_machine_info(
         Pkcs7Flags::NOVERIFY | Pkcs7Flags::BINARY,
     )
     .map_err(|e| MachineInfoError::BadSignature(e.to_string()))?;
-    trust.verify_chain(&signer, &embedded)?;
+    trust.verify_signer(&signer)?;
     MachineInfo::from_plist(&content)
 }
 

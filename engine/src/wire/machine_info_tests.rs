@@ -94,7 +94,8 @@ fn verifies_an_expired_sha1_chain_like_apples() {
     .unwrap();
     let signed = sign_machine_info(&info(), &leaf.cert, &leaf.key, &[]).unwrap();
     assert_eq!(verify_machine_info(&signed, &trust).unwrap(), info());
-    // The intermediate may also travel inside the signature instead of the bundle.
+    // An intermediate travelling inside the signature is ignored: only the bundle builds the
+    // chain, so a bundle without the device CA trusts nothing.
     let trust_root_only = DeviceTrust::from_pem_bundle(&root.cert.to_pem().unwrap()).unwrap();
     let with_chain = sign_machine_info(
         &info(),
@@ -103,10 +104,13 @@ fn verifies_an_expired_sha1_chain_like_apples() {
         std::slice::from_ref(&inter.cert),
     )
     .unwrap();
+    assert!(matches!(
+        verify_machine_info(&with_chain, &trust_root_only),
+        Err(MachineInfoError::Untrusted(_))
+    ));
+    // With the device CA in the bundle, the same signature verifies.
     assert_eq!(
-        verify_machine_info(&with_chain, &trust_root_only)
-            .unwrap()
-            .serial,
+        verify_machine_info(&with_chain, &trust).unwrap().serial,
         "C02TEST123"
     );
     let header = B64.encode(&signed);
@@ -186,7 +190,90 @@ fn apples_chain_is_embedded_and_verifies_without_time_checks() {
         .iter()
         .find(|c| format!("{:?}", c.subject_name()).contains("Apple iPhone Device CA"))
         .expect("Apple iPhone Device CA");
-    trust.verify_chain(device_ca, &[]).unwrap();
+    trust.verify_chain(device_ca).unwrap();
+    // It is the device CA: the one certificate of the bundle that issues no other.
+    assert_eq!(trust.device_cas, vec![device_ca.to_der().unwrap()]);
+}
+
+/// Issue #11 item 4: any certificate under the same root (a developer certificate under Apple
+/// Root CA) must not be able to sign MachineInfo, whether its own intermediate travels in the
+/// CMS or it was issued by another intermediate of the bundle.
+#[test]
+fn a_signer_not_issued_by_the_device_ca_is_refused() {
+    let (root, inter, leaf) = chain();
+    let trust = DeviceTrust::from_pem_bundle(
+        &[root.cert.to_pem().unwrap(), inter.cert.to_pem().unwrap()].concat(),
+    )
+    .unwrap();
+    // root → "other intermediate" → leaf, the other intermediate embedded in the CMS.
+    let other = make(
+        "Developer ID CA",
+        Some(&root),
+        true,
+        false,
+        MessageDigest::sha256(),
+    );
+    let dev = make(
+        "Developer",
+        Some(&other),
+        false,
+        false,
+        MessageDigest::sha256(),
+    );
+    let forged = sign_machine_info(
+        &info(),
+        &dev.cert,
+        &dev.key,
+        std::slice::from_ref(&other.cert),
+    )
+    .unwrap();
+    let err = verify_machine_info(&forged, &trust).unwrap_err();
+    assert!(matches!(err, MachineInfoError::Untrusted(_)), "{err}");
+
+    // A bundle shaped like Apple's (root → certification authority → device CA): a leaf the
+    // middle CA issued chains, but not through the device CA.
+    let device_ca = make(
+        "Device CA",
+        Some(&inter),
+        true,
+        false,
+        MessageDigest::sha256(),
+    );
+    let trust3 = DeviceTrust::from_pem_bundle(
+        &[
+            root.cert.to_pem().unwrap(),
+            inter.cert.to_pem().unwrap(),
+            device_ca.cert.to_pem().unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let sibling = make(
+        "Sibling",
+        Some(&inter),
+        false,
+        false,
+        MessageDigest::sha256(),
+    );
+    let forged = sign_machine_info(&info(), &sibling.cert, &sibling.key, &[]).unwrap();
+    let err = verify_machine_info(&forged, &trust3).unwrap_err();
+    assert!(
+        err.to_string().contains("not issued by the device CA"),
+        "{err}"
+    );
+    // The legitimate path: a device leaf of the device CA, nothing embedded.
+    let device = make(
+        "Device",
+        Some(&device_ca),
+        false,
+        true,
+        MessageDigest::sha1(),
+    );
+    let signed = sign_machine_info(&info(), &device.cert, &device.key, &[]).unwrap();
+    assert_eq!(verify_machine_info(&signed, &trust3).unwrap(), info());
+    // And the two-level bundle still accepts its own device leaf.
+    let signed = sign_machine_info(&info(), &leaf.cert, &leaf.key, &[]).unwrap();
+    assert_eq!(verify_machine_info(&signed, &trust).unwrap(), info());
 }
 
 #[test]

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::error::{ApiError, ApiResult};
 use super::views::EnrollmentView;
 use crate::engine::EngineInner;
+use crate::mdm::identity::ApprovalError;
 use crate::store::EnrollmentQuery;
 use crate::wire::enrollment_id::EnrollmentId;
 
@@ -71,4 +72,48 @@ pub(crate) async fn cancel(
             "command {uuid} is not queued for {id}"
         )))
     }
+}
+
+/// Body of `POST /v1/enrollments/{id}/reenroll` (optional).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReenrollRequest {
+    /// Lifetime of the approval in seconds (default 24 hours, at most 7 days).
+    ttl_secs: Option<u64>,
+}
+
+/// `POST /v1/enrollments/{id}/reenroll`: allow the next `Authenticate` of this device with a new
+/// certificate, once, within the approval's lifetime (for a Mac whose profile was removed
+/// without a CheckOut reaching the server). The previous certificate's escrowed secrets are
+/// cleared when it is used.
+pub(crate) async fn approve_reenrollment(
+    State(inner): State<Arc<EngineInner>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let req: ReenrollRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReenrollRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?
+    };
+    let id = EnrollmentId::new(id.as_str());
+    let now = time::OffsetDateTime::now_utc();
+    let expires_at = inner
+        .identity
+        .approve_reenrollment(&id, req.ttl_secs, now)
+        .await
+        .map_err(|e| match e {
+            ApprovalError::UnknownEnrollment(_) => ApiError::NotFound(e.to_string()),
+            ApprovalError::NotDevice(_) | ApprovalError::BadTtl { .. } => {
+                ApiError::BadRequest(e.to_string())
+            }
+            ApprovalError::Store(s) => ApiError::Store(s),
+        })?;
+    let expires_at = expires_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "enrollment_id": id, "expires_at": expires_at })),
+    ))
 }

@@ -33,6 +33,10 @@ pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
         .route("/v1/enrollments/{id}", get(enrollments::get))
         .route("/v1/enrollments/{id}/queue", get(enrollments::queue))
         .route(
+            "/v1/enrollments/{id}/reenroll",
+            axum::routing::post(enrollments::approve_reenrollment),
+        )
+        .route(
             "/v1/enrollments/{id}/queue/{uuid}",
             delete(enrollments::cancel),
         )

@@ -15,7 +15,7 @@ use crate::wire::enrollment_id::{Channel, EnrollmentId};
 /// Largest page `list_enrollments` returns.
 const MAX_PAGE: usize = 1000;
 
-fn load(txn: &WriteTransaction, id: &str) -> StoreResult<Option<Enrollment>> {
+pub(super) fn load(txn: &WriteTransaction, id: &str) -> StoreResult<Option<Enrollment>> {
     let table = txn.open_table(ENROLLMENTS).map_err(backend)?;
     let value = table.get(id).map_err(backend)?;
     value
@@ -23,7 +23,7 @@ fn load(txn: &WriteTransaction, id: &str) -> StoreResult<Option<Enrollment>> {
         .transpose()
 }
 
-fn save(txn: &WriteTransaction, e: &Enrollment) -> StoreResult<()> {
+pub(super) fn save(txn: &WriteTransaction, e: &Enrollment) -> StoreResult<()> {
     let mut table = txn.open_table(ENROLLMENTS).map_err(backend)?;
     table
         .insert(e.id.as_str(), encode(e).as_slice())

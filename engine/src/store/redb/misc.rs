@@ -4,12 +4,13 @@ use ::redb::ReadableTable;
 use async_trait::async_trait;
 
 use super::tables::{
-    BOOTSTRAP, CHALLENGE_EXPIRY, CHALLENGES, EVENTS, MACHINE_INFO, SECRETS, next_seq,
+    BOOTSTRAP, BOOTSTRAP_HOLDER, CHALLENGE_EXPIRY, CHALLENGES, EVENTS, MACHINE_INFO, SECRETS,
+    next_seq,
 };
 use super::{RedbStore, backend, decode, encode};
 use crate::store::{
-    BootstrapStore, ChallengeStatus, ChallengeStore, DeviceInfoStore, Emit, Event, EventStore,
-    MachineInfoRecord, NewEvent, SecretStore, StoreResult, Timestamp,
+    BootstrapStore, CertBinding, CertHash, ChallengeStatus, ChallengeStore, DeviceInfoStore, Emit,
+    Event, EventStore, MachineInfoRecord, NewEvent, SecretStore, StoreResult, Timestamp,
 };
 use crate::wire::enrollment_id::EnrollmentId;
 use crate::wire::machine_info::MachineInfo;
@@ -30,6 +31,11 @@ impl BootstrapStore for RedbStore {
                 Some(s) => t.insert(id.as_str(), s.as_slice()).map_err(backend)?,
                 None => t.remove(id.as_str()).map_err(backend)?,
             };
+            // No holder is known for this token: forget any earlier one.
+            txn.open_table(BOOTSTRAP_HOLDER)
+                .map_err(backend)?
+                .remove(id.as_str())
+                .map_err(backend)?;
             Ok(())
         })
         .await
@@ -42,6 +48,52 @@ impl BootstrapStore for RedbStore {
             Ok(t.get(id.as_str())
                 .map_err(backend)?
                 .map(|v| v.value().to_vec()))
+        })
+    }
+
+    async fn store_bootstrap_token_held(
+        &self,
+        id: &EnrollmentId,
+        sealed: Option<Vec<u8>>,
+        holder: &CertHash,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
+        let (id, holder) = (id.clone(), *holder);
+        let now = time::OffsetDateTime::now_utc();
+        self.write_emitting(emit, now, move |txn| {
+            let mut t = txn.open_table(BOOTSTRAP).map_err(backend)?;
+            let mut h = txn.open_table(BOOTSTRAP_HOLDER).map_err(backend)?;
+            match &sealed {
+                Some(s) => {
+                    t.insert(id.as_str(), s.as_slice()).map_err(backend)?;
+                    h.insert(id.as_str(), holder.0.as_slice())
+                        .map_err(backend)?;
+                }
+                None => {
+                    t.remove(id.as_str()).map_err(backend)?;
+                    h.remove(id.as_str()).map_err(backend)?;
+                }
+            };
+            Ok(())
+        })
+        .await
+        .map(|(_, events)| events)
+    }
+
+    async fn bootstrap_holder(&self, id: &EnrollmentId) -> StoreResult<Option<CertHash>> {
+        self.read(|txn| {
+            let t = txn.open_table(BOOTSTRAP_HOLDER).map_err(backend)?;
+            t.get(id.as_str())
+                .map_err(backend)?
+                .map(|v| {
+                    v.value().try_into().map(CertHash).map_err(|_| {
+                        crate::store::StoreError::Corrupt {
+                            what: format!("bootstrap token holder of {id}"),
+                            detail: "not a 32-byte hash".into(),
+                        }
+                    })
+                })
+                .transpose()
         })
     }
 }
@@ -152,6 +204,9 @@ struct ChallengeState {
     expires_at: Timestamp,
     #[serde(with = "time::serde::rfc3339::option")]
     used_at: Option<Timestamp>,
+    /// The device verified MachineInfo named when the challenge was minted for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    binding: Option<CertBinding>,
 }
 
 fn challenge_key(challenge: &str) -> [u8; 32] {
@@ -222,6 +277,7 @@ impl ChallengeStore for RedbStore {
             let state = ChallengeState {
                 expires_at,
                 used_at: None,
+                binding: None,
             };
             txn.open_table(CHALLENGES)
                 .map_err(backend)?
@@ -234,6 +290,42 @@ impl ChallengeStore for RedbStore {
             Ok(())
         })
         .await
+    }
+
+    async fn put_bound_challenge(
+        &self,
+        challenge: &str,
+        expires_at: Timestamp,
+        binding: &CertBinding,
+    ) -> StoreResult<()> {
+        let key = challenge_key(challenge);
+        let binding = binding.clone();
+        self.write(move |txn| {
+            let state = ChallengeState {
+                expires_at,
+                used_at: None,
+                binding: Some(binding.clone()),
+            };
+            txn.open_table(CHALLENGES)
+                .map_err(backend)?
+                .insert(key.as_slice(), encode(&state).as_slice())
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn challenge_binding(&self, challenge: &str) -> StoreResult<Option<CertBinding>> {
+        let key = challenge_key(challenge);
+        self.read(|txn| {
+            let t = txn.open_table(CHALLENGES).map_err(backend)?;
+            let state: Option<ChallengeState> = t
+                .get(key.as_slice())
+                .map_err(backend)?
+                .map(|v| decode("SCEP challenge", v.value()))
+                .transpose()?;
+            Ok(state.and_then(|s| s.binding))
+        })
     }
 
     async fn consume_challenge(

@@ -17,6 +17,15 @@ pub const CERT_OWNER: TableDefinition<&[u8], &str> = TableDefinition::new("cert_
 pub const CERT_PIN: TableDefinition<&str, &[u8]> = TableDefinition::new("cert_pin");
 /// New certificate hash → the hash it renews.
 pub const CERT_RENEWAL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cert_renewal");
+/// Certificate hash → JSON [`crate::store::CertBinding`]: the device evidence names for it.
+pub const CERT_BINDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cert_binding");
+/// Enrollment ID → (): checked out by its pinned certificate (a new one may enroll it).
+pub const PIN_RELEASED: TableDefinition<&str, ()> = TableDefinition::new("pin_released");
+/// Enrollment ID → expiry in unix ms of an admin's one-time re-enrollment approval.
+pub const REENROLL_APPROVALS: TableDefinition<&str, i64> =
+    TableDefinition::new("reenroll_approvals");
+/// Enrollment ID → hash of the certificate that escrowed its bootstrap token.
+pub const BOOTSTRAP_HOLDER: TableDefinition<&str, &[u8]> = TableDefinition::new("bootstrap_holder");
 /// Command UUID → JSON command metadata.
 pub const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
 /// Command UUID → exact plist bytes.
@@ -101,6 +110,10 @@ pub fn create_all(txn: &WriteTransaction) -> StoreResult<()> {
         CERT_OWNER,
         CERT_PIN,
         CERT_RENEWAL,
+        CERT_BINDING,
+        PIN_RELEASED,
+        REENROLL_APPROVALS,
+        BOOTSTRAP_HOLDER,
         COMMANDS,
         COMMAND_RAW,
         TARGETS,
