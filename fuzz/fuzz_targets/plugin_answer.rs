@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     for hook in Hook::ALL {
         if let Ok(Some(decision)) = Decision::from_json(hook, &value) {
             let again = Decision::from_json(hook, &decision.to_json());
-            assert_eq!(again, Ok(Some(decision)), "{hook:?} answer does not round-trip");
+            assert_eq!(
+                again,
+                Ok(Some(decision)),
+                "{hook:?} answer does not round-trip"
+            );
         }
         let _ = HookInput::from_fixture(hook, value.clone());
     }

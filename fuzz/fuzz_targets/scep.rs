@@ -147,10 +147,9 @@ fn built(f: &Fixture, b: Built) {
         return;
     };
     if b.corruptions.is_empty() {
-        let reply = f
-            .rt
-            .block_on(f.service.pki_operation(&message))
-            .expect("a well-formed request gets a CertRep");
+        let reply =
+            f.rt.block_on(f.service.pki_operation(&message))
+                .expect("a well-formed request gets a CertRep");
         CertRep::parse(&reply, f.ca.certificate(), signer, &f.key)
             .expect("the CertRep verifies on the client side");
         return;
