@@ -6,7 +6,7 @@
 //! and moves on, and the caller's built-in default decides last.
 //!
 //! Runtimes: [`lua`] (mlua, Lua 5.4, sandboxed) and [`wasm`] (wasmtime components implementing
-//! the `pomona:policy@0.1.0` world from `sdk/wit`).
+//! the `pomona:policy@0.1.0` world from `sdk/wit`; behind the default-on cargo feature `wasm`).
 
 pub mod chain;
 pub mod fixture;
@@ -17,6 +17,7 @@ pub mod plugin_log;
 pub mod registry;
 pub mod stats;
 pub mod types;
+#[cfg(feature = "wasm")]
 pub mod wasm;
 
 use std::collections::BTreeMap;

@@ -102,7 +102,10 @@ impl PushCertificate {
         if certs.is_empty() {
             return Err(PushCertError::NoCertificate);
         }
-        let key = PKey::private_key_from_pem(pem).map_err(|_| PushCertError::NoKey)?;
+        // An explicit (empty) passphrase: with none, OpenSSL asks for one on the controlling
+        // terminal, which blocks the request when the server runs in one.
+        let key = PKey::private_key_from_pem_callback(pem, |_| Ok(0))
+            .map_err(|_| PushCertError::NoKey)?;
         let cert = certs.remove(0);
         Self::new(cert, key, certs)
     }
@@ -260,6 +263,14 @@ pub fn classify(status: u16, apns_id: Option<&str>, body: &[u8]) -> Disposition 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encrypted_pem_key_is_refused_without_asking_for_a_passphrase() {
+        // Found with the push_cert fuzz seed under a terminal: "Enter PEM pass phrase:" blocked.
+        let pem = include_bytes!("fixtures/push-encrypted-key.pem");
+        let e = PushCertificate::from_pem(pem).unwrap_err();
+        assert!(matches!(e, PushCertError::NoKey), "{e}");
+    }
 
     #[test]
     fn body_is_exact() {

@@ -133,7 +133,10 @@ pub fn decrypt_token(
     key: &PKeyRef<Private>,
 ) -> Result<OAuthToken, DepWireError> {
     let err = |m: String| DepWireError::Token(m);
-    let (p7, _) = Pkcs7::from_smime(p7m).map_err(|e| err(format!("not an S/MIME message: {e}")))?;
+    let der = smime_body(p7m).ok_or_else(|| {
+        err("not an S/MIME message (headers, a blank line, then base64 PKCS#7)".into())
+    })?;
+    let p7 = Pkcs7::from_der(&der).map_err(|e| err(format!("not a PKCS#7 message: {e}")))?;
     let inner = p7
         .decrypt(key, cert, Pkcs7Flags::empty())
         .map_err(|e| err(format!("cannot decrypt with this server's key (a token for another server, or from an older key pair?): {e}")))?;
@@ -147,6 +150,23 @@ pub fn decrypt_token(
         .ok_or_else(|| err("decrypted content lacks -----END MESSAGE-----".into()))?
         + start;
     serde_json::from_str(text[start..end].trim()).map_err(|e| err(format!("token JSON: {e}")))
+}
+
+/// The DER inside an S/MIME `.p7m`: the base64 body after the MIME headers' blank line.
+///
+/// Read here rather than with OpenSSL's S/MIME reader: that one puts header bytes in its error
+/// queue, and the `openssl` crate panics collecting an error whose text is not UTF-8.
+fn smime_body(p7m: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(p7m).ok()?;
+    let body = ["\r\n\r\n", "\n\n"]
+        .iter()
+        .filter_map(|sep| text.find(sep).map(|i| i + sep.len()))
+        .min()?;
+    let b64: String = text[body..]
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    B64.decode(b64).ok()
 }
 
 /// Make a token file as Apple does (for tests and the fake ABM): the JSON in a MIME part between
@@ -437,6 +457,15 @@ mod tests {
             access_secret: "AS_test".into(),
             access_token_expiry: "2030-01-01T00:00:00Z".into(),
         }
+    }
+
+    #[test]
+    fn a_token_with_non_utf8_mime_headers_is_refused_not_a_panic() {
+        // Found by the dep_token fuzz target: OpenSSL's S/MIME reader panicked the openssl crate.
+        let (cert, key) = new_server_keypair("s").unwrap();
+        let p7m = include_bytes!("fixtures/token-non-utf8-header.p7m");
+        let e = decrypt_token(p7m, &cert, &key).unwrap_err();
+        assert!(e.to_string().contains("not an S/MIME message"), "{e}");
     }
 
     #[test]
