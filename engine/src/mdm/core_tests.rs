@@ -42,7 +42,12 @@ fn request(udid: &str) -> Request {
             parent: None,
             kind: ChannelKind::Device,
         },
-        identity: None,
+        // The core trusts the chain's earlier layers; escrow records which certificate it is.
+        identity: Some(super::super::Identity::new(
+            openssl::x509::X509::from_pem(include_bytes!("../wire/fixtures/device-cert.pem"))
+                .expect("fixture certificate"),
+            super::super::IdentitySource::Embedder,
+        )),
         raw: b"<plist/>".to_vec(),
         received_at: time::OffsetDateTime::now_utc(),
     }
