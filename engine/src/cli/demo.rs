@@ -23,7 +23,7 @@ use pomona::push::client::ApnsEndpoint;
 use pomona::setup::SetupOptions;
 use pomona::sim::abm::FakeAbm;
 use pomona::sim::apns::{ApnsTestPki, FakeApns};
-use pomona::sim::enroll::{Profile, TestDeviceCa};
+use pomona::sim::enroll::{TestDeviceCa, enroll_automated_as};
 use pomona::store::Event;
 use pomona::teams::TeamSpec;
 use pomona::wire::apns::PushCertificate;
@@ -381,26 +381,7 @@ async fn simulate_mac(
         language: Some("en".into()),
         ..Default::default()
     };
-    let response = client
-        .post(format!("{url}/mdm/enroll"))
-        .body(device_ca.sign(&info)?)
-        .send()
-        .await?;
-    let status = response.status();
-    let body = response.bytes().await?;
-    if !status.is_success() {
-        bail!(
-            "the enrollment profile was refused ({status}): {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    let profile = Profile::parse(&body)?;
-    let mut mac = profile
-        .enroll_with_key(client, serial, key)
-        .await
-        .context("SCEP")?;
-    mac.udid = info.udid.clone();
-    mac.serial = serial.to_owned();
+    let mac = enroll_automated_as(client, url, device_ca, &info, key).await?;
     mac.authenticate().await?;
     mac.token_update(true).await?;
     let mut next = None;

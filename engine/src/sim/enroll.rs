@@ -247,9 +247,22 @@ pub async fn enroll_automated(
         os_version: Some("15.1".into()),
         ..Default::default()
     };
+    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+    enroll_automated_as(client, base, device_ca, &info, key).await
+}
+
+/// [`enroll_automated`] with the whole MachineInfo and the device's identity key given (the
+/// demo pre-generates keys so that RSA key generation is not what it measures).
+pub async fn enroll_automated_as(
+    client: &reqwest::Client,
+    base: &str,
+    device_ca: &TestDeviceCa,
+    info: &MachineInfo,
+    key: PKey<Private>,
+) -> anyhow::Result<Device> {
     let response = client
         .post(format!("{}/mdm/enroll", base.trim_end_matches('/')))
-        .body(device_ca.sign(&info)?)
+        .body(device_ca.sign(info)?)
         .send()
         .await?;
     let status = response.status();
@@ -260,12 +273,11 @@ pub async fn enroll_automated(
             String::from_utf8_lossy(&body)
         );
     }
-    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
     let mut device = Profile::parse(&body)?
-        .enroll_with_key(client, udid, key)
+        .enroll_with_key(client, &info.udid, key)
         .await
         .context("SCEP")?;
-    device.udid = udid.to_owned();
-    device.serial = serial.to_owned();
+    device.udid = info.udid.clone();
+    device.serial = info.serial.clone();
     Ok(device)
 }
