@@ -260,6 +260,19 @@ impl PolicyChain {
     /// The calls run on the blocking pool (see [`MAX_CONCURRENT_CALLS`]), so a plugin running
     /// into its time limit never holds up an async worker.
     pub async fn decide(&self, input: &HookInput) -> Option<Decided<Decision>> {
+        self.decide_on(input, Thread::Pool).await
+    }
+
+    /// [`Self::decide`] for a caller that asks one decision at a time in a loop (DEP sync): on a
+    /// multi-threaded runtime the calls run on the calling thread, which first hands its other
+    /// async work to another worker (`block_in_place`), so there is no thread hop per decision.
+    /// Futures polled together with this one in the same task wait for it; callers that want
+    /// several decisions at once use [`Self::decide`].
+    pub async fn decide_in_place(&self, input: &HookInput) -> Option<Decided<Decision>> {
+        self.decide_on(input, Thread::InPlace).await
+    }
+
+    async fn decide_on(&self, input: &HookInput, thread: Thread) -> Option<Decided<Decision>> {
         let hook = input.hook();
         let plugins: Vec<Arc<LoadedPlugin>> = self
             .plugins()
@@ -277,7 +290,16 @@ impl PolicyChain {
                 .await
                 .expect("the semaphore is never closed");
             let input = input.clone();
-            match tokio::task::spawn_blocking(move || ask(&plugins, &input)).await {
+            let call = move || ask(&plugins, &input);
+            let in_place = thread == Thread::InPlace
+                && tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::MultiThread;
+            let answer = if in_place {
+                Ok(tokio::task::block_in_place(call))
+            } else {
+                tokio::task::spawn_blocking(call).await
+            };
+            match answer {
                 Ok(answer) => answer,
                 Err(err) => {
                     tracing::error!(%hook, error = %err, "plugin call panicked; counted as no opinion");
@@ -315,13 +337,14 @@ impl PolicyChain {
         }
     }
 
-    /// `auto-assign`, falling back to `default`.
+    /// `auto-assign`, falling back to `default`. Asked one device at a time by DEP sync, so it
+    /// runs [in place](Self::decide_in_place).
     pub async fn auto_assign(
         &self,
         e: &DepEvent,
         default: impl FnOnce() -> AssignDecision,
     ) -> Decided<AssignDecision> {
-        match self.decide(&HookInput::AutoAssign(e.clone())).await {
+        match self.decide_in_place(&HookInput::AutoAssign(e.clone())).await {
             Some(Decided {
                 decision: Decision::Assign(d),
                 by,
@@ -375,6 +398,16 @@ impl PolicyChain {
             _ => by_default(default()),
         }
     }
+}
+
+/// Where a decision's plugin calls run: never as async work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Thread {
+    /// A thread of tokio's blocking pool.
+    Pool,
+    /// The calling thread, after it handed its async work to another worker (on a
+    /// current-thread runtime, the blocking pool).
+    InPlace,
 }
 
 /// The failures of one decision, to report after it.
