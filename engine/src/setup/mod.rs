@@ -363,7 +363,9 @@ impl SetupService {
     async fn check_due_setup(&self, seen: SetupRecord) -> Result<(), StoreError> {
         let device = self.devices.device(&seen.serial_number).await?;
         let answer = match &device {
-            Some(d) if seen.state == SetupState::Running => Some(self.decide_release(d, &seen).await),
+            Some(d) if seen.state == SetupState::Running => {
+                Some(self.decide_release(d, &seen).await)
+            }
             _ => None,
         };
         let _one = self.running.lock().await;
