@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use pomona::policy::Limits;
 use pomona::setup::SetupOptions;
 use pomona_testkit::api::ApiClient;
 use pomona_testkit::device::{Device, ReceivedCommand};
@@ -386,6 +387,181 @@ async fn a_slow_plugin_for_one_device_does_not_stall_the_others() {
     let failed = events_of(&api, "plugin.failed").await;
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["data"]["limit"], true);
+    s.stop().await;
+}
+
+/// A server whose plugins may run 3 s per call: a plugin looping for one device keeps its call
+/// in flight that long, which is the yardstick of the two tests below.
+async fn patient_server() -> TestServer {
+    TestServer::start_with(|b| {
+        b.setup_options(SetupOptions {
+            release_timeout: Duration::from_secs(1800),
+            poll: Duration::from_millis(50),
+            ..SetupOptions::default()
+        })
+        .plugin_limits(Limits {
+            instructions: 1_000_000_000_000,
+            timeout: Duration::from_secs(3),
+            ..Limits::default()
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// The sequence number of the only event of `kind` whose data has `key` = `value`.
+async fn seq_of(api: &ApiClient, kind: &str, key: &str, value: &str) -> u64 {
+    let found: Vec<Value> = events_of(api, kind)
+        .await
+        .into_iter()
+        .filter(|e| e["data"][key] == value)
+        .collect();
+    assert_eq!(found.len(), 1, "{kind} {key}={value}: {found:?}");
+    found[0]["seq"].as_u64().unwrap()
+}
+
+/// The admin moves and releases `dev` (enrolled, not in Setup Assistant); both answer 200.
+async fn admin_moves_and_releases(api: &ApiClient, dev: &Device) {
+    let r = api
+        .put_json(
+            &format!("/v1/devices/{}/team", dev.serial),
+            &json!({"team": "Ops"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json);
+    let r = api
+        .post_json(&format!("/v1/devices/{}/release", dev.serial), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json);
+}
+
+/// A `release` plugin that loops for one device until its 3 s limit holds up neither another
+/// device's setup nor the admin: no lock is held while a plugin runs. (The flow used to ask
+/// `release` under the lock every event and admin call takes, so both waited the full 3 s.)
+#[tokio::test]
+async fn a_slow_release_answer_holds_up_neither_other_setups_nor_the_admin() {
+    let s = patient_server().await;
+    let api = s.api();
+    for team in ["Eng", "Ops"] {
+        put_team(
+            &api,
+            team,
+            json!({"setup_steps": [{"id": "name", "command": {"request_type": "Settings", "parameters": {"Settings": []}}}]}),
+        )
+        .await;
+    }
+    let slow = s.device().await.unwrap();
+    let other = s.device().await.unwrap();
+    let third = s.device().await.unwrap();
+    put_plugin(
+        &api,
+        "slow",
+        &format!(
+            r#"return {{
+                place = function(d) return {{ team = "Eng" }} end,
+                release = function(d, p)
+                  if d.serial_number == "{}" then while true do end end
+                end,
+            }}"#,
+            slow.serial
+        ),
+    )
+    .await;
+    for dev in [&slow, &other, &third] {
+        dev.authenticate().await.unwrap();
+    }
+    third.token_update(false).await.unwrap();
+    wait_for(&api, &format!("/v1/devices/{}", third.serial), |j| {
+        j["device"]["stage"] == "enrolled"
+    })
+    .await;
+    slow.token_update(true).await.unwrap();
+    // Its step is queued; `release` is asked about it next, and loops for 3 s.
+    assert_eq!(next_command(&slow).await.request_type, "Settings");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked = Instant::now();
+    other.token_update(true).await.unwrap();
+    assert_eq!(next_command(&other).await.request_type, "Settings");
+    admin_moves_and_releases(&api, &third).await;
+    let took = asked.elapsed();
+    // The slow call ends (limit hit: `plugin.failed`) after all of that happened.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events_of(&api, "plugin.failed").await.is_empty() {
+        assert!(Instant::now() < deadline, "the slow call never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = seq_of(&api, "plugin.failed", "plugin", "slow").await;
+    let queued = seq_of(&api, "setup.step.queued", "serial_number", &other.serial).await;
+    let released = seq_of(&api, "device.released", "serial_number", &third.serial).await;
+    assert!(
+        queued < failed && released < failed,
+        "the other device's step ({queued}) and the admin's release ({released}) waited for \
+         the slow call to end ({failed}); took {took:?}"
+    );
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    s.stop().await;
+}
+
+/// A `setup-steps` plugin that loops for one device until its 3 s limit does not hold up the
+/// admin, and the device then gets its team's steps by default.
+#[tokio::test]
+async fn a_slow_setup_steps_answer_does_not_hold_up_the_admin() {
+    let s = patient_server().await;
+    let api = s.api();
+    for team in ["Eng", "Ops"] {
+        put_team(
+            &api,
+            team,
+            json!({"setup_steps": [{"id": "name", "command": {"request_type": "Settings", "parameters": {"Settings": []}}}]}),
+        )
+        .await;
+    }
+    let slow = s.device().await.unwrap();
+    let third = s.device().await.unwrap();
+    put_plugin(
+        &api,
+        "slow",
+        &format!(
+            r#"return {{
+                place = function(d) return {{ team = "Eng" }} end,
+                setup_steps = function(d)
+                  if d.serial_number == "{}" then while true do end end
+                end,
+            }}"#,
+            slow.serial
+        ),
+    )
+    .await;
+    for dev in [&slow, &third] {
+        dev.authenticate().await.unwrap();
+    }
+    third.token_update(false).await.unwrap();
+    wait_for(&api, &format!("/v1/devices/{}", third.serial), |j| {
+        j["device"]["stage"] == "enrolled"
+    })
+    .await;
+    slow.token_update(true).await.unwrap();
+    // The flow picks the event up at once and asks `setup-steps`, which loops for 3 s.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    admin_moves_and_releases(&api, &third).await;
+    let took = asked.elapsed();
+    assert_eq!(next_command(&slow).await.request_type, "Settings");
+    let setup = wait_for(&api, &format!("/v1/devices/{}/setup", slow.serial), |j| {
+        j["state"] == "running"
+    })
+    .await;
+    assert_eq!(setup["steps_by"], "default", "{setup}");
+    let failed = seq_of(&api, "plugin.failed", "plugin", "slow").await;
+    let placed = seq_of(&api, "device.placed", "team", "Ops").await;
+    let released = seq_of(&api, "device.released", "serial_number", &third.serial).await;
+    assert!(
+        placed < failed && released < failed,
+        "the admin ({placed}, {released}) waited for the slow call to end ({failed}); took {took:?}"
+    );
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
     s.stop().await;
 }
 

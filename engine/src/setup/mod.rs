@@ -24,16 +24,21 @@ mod steps;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use serde_json::json;
 use tokio::sync::watch;
 
 pub use placement::{BY_ADMIN, place, policy_device};
+
+use placement::{apply_place, place_question};
 pub use steps::{LibraryProfile, ProfileSource, StepProblem, command_for};
 
 use crate::events::{Outbox, event, kind};
 use crate::mdm::commands::Commander;
 use crate::policy::{
-    PolicyChain, Progress, ReleaseDecision, StepProgress, StepStatus, step_to_json, steps_from_json,
+    self, Decided, PlaceDecision, PolicyChain, Progress, ReleaseDecision, Step, StepProgress,
+    StepStatus, step_to_json, steps_from_json,
 };
 use crate::store::{
     DepStore, DeviceRecord, DeviceStage, DeviceStore, EnrollmentStore, Event, LifecycleWrite,
@@ -109,8 +114,70 @@ pub struct SetupService {
     profiles: Option<Arc<dyn ProfileSource>>,
     outbox: Outbox,
     options: SetupOptions,
-    /// One event or timer pass at a time, so two passes never race on one record.
+    /// Held while an event's or a timer's effect is applied, and by the admin's `set_team` and
+    /// `release_now`: never while a plugin runs (see [`SetupService::pass`]).
     running: tokio::sync::Mutex<()>,
+    /// One reader of the outbox at a time. Only the event pass takes it (a second concurrent
+    /// call waits for the first); the timer pass and admin calls never do.
+    consumer: tokio::sync::Mutex<()>,
+}
+
+/// Why applying an event stopped.
+enum PassError {
+    /// Storage failed.
+    Store(StoreError),
+    /// The event needs a plugin answer for inputs nobody has asked about yet (an earlier event,
+    /// or an admin, changed its records after the answers were decided).
+    Undecided,
+}
+
+impl From<StoreError> for PassError {
+    fn from(err: StoreError) -> Self {
+        Self::Store(err)
+    }
+}
+
+/// A placement question: the device as the hook sees it, and the built-in answer.
+type PlaceQuestion = (policy::Device, Option<PlaceDecision>);
+/// A setup-steps question: the device as the hook sees it, and the team's steps.
+type StepsQuestion = (policy::Device, Vec<Step>);
+
+/// Plugin answers for one batch of events, decided before the lock is taken, each kept with
+/// its whole question. A question asked again with equal inputs gets the same answer without a
+/// plugin call; the chain's answer depends on nothing else.
+#[derive(Default)]
+struct Answers {
+    place: Vec<(PlaceQuestion, Option<Decided<PlaceDecision>>)>,
+    steps: Vec<(StepsQuestion, Decided<Vec<Step>>)>,
+}
+
+/// How [`SetupService::handle`] runs.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// Without the lock: read the records, ask the plugins, keep their answers, write nothing.
+    Decide(&'a std::sync::Mutex<Answers>),
+    /// Under the lock: write the effect, with answers kept by an earlier `Decide` only. A
+    /// question not among them stops the event with [`PassError::Undecided`].
+    Apply(&'a std::sync::Mutex<Answers>),
+}
+
+impl<'a> Mode<'a> {
+    fn deciding(self) -> bool {
+        matches!(self, Mode::Decide(_))
+    }
+
+    fn answers(self) -> &'a std::sync::Mutex<Answers> {
+        match self {
+            Mode::Decide(a) | Mode::Apply(a) => a,
+        }
+    }
+}
+
+/// A `release` answer decided for a setup, before the lock.
+struct ReleaseAnswer {
+    decided: Decided<ReleaseDecision>,
+    /// The built-in rule's reason, when it decided.
+    default_reason: &'static str,
 }
 
 impl std::fmt::Debug for SetupService {
@@ -147,6 +214,7 @@ impl SetupService {
             outbox,
             options,
             running: tokio::sync::Mutex::new(()),
+            consumer: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -157,15 +225,29 @@ impl SetupService {
     }
 
     /// Follow the outbox until `shutdown` turns true: resume unfinished work first, then handle
-    /// each new event and each due timer.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut live = self.outbox.subscribe();
+    /// each new event, and, independently, each due timer (a slow `release` answer for one
+    /// device does not hold up the events of others).
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         if let Err(err) = self.resume().await {
             tracing::warn!(%err, "setup flow could not resume unfinished work");
         }
+        tokio::join!(
+            self.follow(shutdown.clone(), false),
+            self.follow(shutdown, true)
+        );
+    }
+
+    /// One of `run`'s two loops: the event pass, or the timer pass.
+    async fn follow(&self, mut shutdown: watch::Receiver<bool>, timers: bool) {
+        let mut live = self.outbox.subscribe();
         loop {
-            if let Err(err) = self.pass().await {
-                tracing::warn!(%err, "setup flow pass failed; retrying");
+            let result = if timers {
+                self.check_due().await
+            } else {
+                self.pass_events().await
+            };
+            if let Err(err) = result {
+                tracing::warn!(%err, timers, "setup flow pass failed; retrying");
             }
             tokio::select! {
                 r = live.recv() => {
@@ -180,8 +262,22 @@ impl SetupService {
     }
 
     /// Handle every event after the cursor, then every due timer. Returns how many events.
+    ///
+    /// No lock is held while a plugin runs. Each batch of events is first *decided*: the
+    /// records are read and the plugins asked for every event at once (the chain bounds how many
+    /// run), without the lock. Then each event is *applied* in outbox order under the lock, its
+    /// effect committed with the cursor, using only answers decided for exactly its current
+    /// inputs; an event whose inputs changed since (an earlier event of the batch, or an admin)
+    /// releases the lock, is decided again, and is applied then.
     pub async fn pass(&self) -> Result<usize, StoreError> {
-        let _one = self.running.lock().await;
+        let handled = self.pass_events().await?;
+        self.check_due().await?;
+        Ok(handled)
+    }
+
+    /// The event half of [`SetupService::pass`].
+    async fn pass_events(&self) -> Result<usize, StoreError> {
+        let _consumer = self.consumer.lock().await;
         let mut handled = 0;
         let mut after = self.devices.cursor(CURSOR).await?;
         loop {
@@ -189,8 +285,40 @@ impl SetupService {
             if events.is_empty() {
                 break;
             }
-            for e in events {
-                self.handle(&e).await?;
+            let answers = std::sync::Mutex::new(Answers::default());
+            // Every event's answers at once; they finish in order of the events.
+            let mut deciding: FuturesOrdered<_> = events
+                .iter()
+                .map(|e| self.handle(e, Mode::Decide(&answers)))
+                .collect();
+            let mut decided = 0;
+            for (i, e) in events.iter().enumerate() {
+                while decided <= i && deciding.next().await.is_some() {
+                    decided += 1;
+                }
+                loop {
+                    let one = self.running.lock().await;
+                    match self.handle(e, Mode::Apply(&answers)).await {
+                        Ok(()) => break,
+                        Err(PassError::Store(err)) => return Err(err),
+                        Err(PassError::Undecided) => drop(one),
+                    }
+                    // Decide this event again, on its records as they are now. The later
+                    // events' decisions keep going meanwhile (they may hold the chain's slots).
+                    let again = self.handle(e, Mode::Decide(&answers));
+                    tokio::pin!(again);
+                    loop {
+                        tokio::select! {
+                            r = &mut again => {
+                                if let Err(PassError::Store(err)) = r {
+                                    return Err(err);
+                                }
+                                break;
+                            }
+                            Some(_) = deciding.next() => decided += 1,
+                        }
+                    }
+                }
                 after = e.seq;
                 handled += 1;
             }
@@ -209,10 +337,62 @@ impl SetupService {
                 )
                 .await?;
         }
-        for setup in self.devices.due_setups(now(), 100).await? {
-            self.drive(setup).await?;
-        }
         Ok(handled)
+    }
+
+    /// The timer half of [`SetupService::pass`]: up to 100 due setups, each asked `release`
+    /// without the lock, all at once, and each applied as soon as its answer is in.
+    async fn check_due(&self) -> Result<usize, StoreError> {
+        let due = self.devices.due_setups(now(), 100).await?;
+        let n = due.len();
+        let mut checks: FuturesUnordered<_> =
+            due.into_iter().map(|s| self.check_due_setup(s)).collect();
+        let mut failed = None;
+        while let Some(r) = checks.next().await {
+            if let Err(err) = r {
+                failed.get_or_insert(err);
+            }
+        }
+        failed.map_or(Ok(n), Err)
+    }
+
+    /// Ask `release` for a due setup without the lock, then apply the answer under it if the
+    /// setup and its device are still what was asked about. If either changed, nothing is
+    /// written: the setup is still due (or no longer needs asking), and the next round asks on
+    /// the new records.
+    async fn check_due_setup(&self, seen: SetupRecord) -> Result<(), StoreError> {
+        let device = self.devices.device(&seen.serial_number).await?;
+        let answer = match &device {
+            Some(d) if seen.state == SetupState::Running => {
+                Some(self.decide_release(d, &seen).await)
+            }
+            _ => None,
+        };
+        let _one = self.running.lock().await;
+        if self.devices.setup(&seen.enrollment_id).await?.as_ref() != Some(&seen)
+            || self.devices.device(&seen.serial_number).await? != device
+        {
+            return Ok(());
+        }
+        let mut setup = seen;
+        let before = setup.steps.clone();
+        let (mut events, retry) = self.queue_steps(&mut setup).await?;
+        // Queuing a step changes the progress `release` was asked about: then the setup stays
+        // due and the next round asks again.
+        if setup.steps == before
+            && let Some(answer) = answer
+        {
+            events.extend(self.apply_release(&mut setup, answer));
+        }
+        self.retry_later(&mut setup, retry);
+        setup.updated_at = now();
+        self.commit(LifecycleWrite {
+            setups: vec![setup.clone()],
+            events,
+            ..Default::default()
+        })
+        .await?;
+        self.queue_release(setup).await
     }
 
     /// Queue what a crash left unqueued.
@@ -224,7 +404,10 @@ impl SetupService {
         Ok(())
     }
 
-    async fn handle(&self, e: &Event) -> Result<(), StoreError> {
+    /// Handle one event: in `Decide` mode ask its plugins (and write nothing), in `Apply` mode
+    /// write its effect with the cursor.
+    async fn handle(&self, e: &Event, mode: Mode<'_>) -> Result<(), PassError> {
+        let deciding = mode.deciding();
         let cursor = Some((CURSOR.to_owned(), e.seq));
         let id = e.enrollment_id.as_ref();
         let text = |k: &str| e.data.get(k).and_then(|v| v.as_str()).map(str::to_owned);
@@ -237,7 +420,7 @@ impl SetupService {
                     if d.stage == DeviceStage::Synced || d.stage == DeviceStage::CheckedOut {
                         d.stage = DeviceStage::Enrolling;
                     }
-                    self.placed(d).await?
+                    self.placed(d, mode).await?
                 }
                 None => LifecycleWrite::default(),
             },
@@ -256,7 +439,7 @@ impl SetupService {
                     }
                     d.os_version = text("os_version").or(d.os_version);
                     d.stage = DeviceStage::Enrolling;
-                    self.placed(d).await?
+                    self.placed(d, mode).await?
                 }
                 None => LifecycleWrite::default(),
             },
@@ -264,18 +447,25 @@ impl SetupService {
                 if text("kind").as_deref() == Some("shared_ipad_user")
                     && e.data["awaiting_configuration"].as_bool() == Some(true) =>
             {
-                return self.user_enrolled(id, e, text("parent")).await;
+                if deciding {
+                    return Ok(());
+                }
+                return Ok(self.user_enrolled(id, e, text("parent")).await?);
             }
             (kind::ENROLLMENT_COMPLETED, Some(id)) if text("kind").as_deref() == Some("device") => {
                 let awaiting = e.data["awaiting_configuration"].as_bool() == Some(true);
-                return self.enrolled(id, e, awaiting).await;
+                return self.enrolled(id, e, awaiting, mode).await;
             }
             (kind::COMMAND_RESULT | kind::COMMAND_NOT_NOW, Some(_)) => {
+                if deciding {
+                    return Ok(());
+                }
                 if let Some(uuid) = text("command_uuid") {
-                    return self.command_answered(&uuid, e).await;
+                    return Ok(self.command_answered(&uuid, e).await?);
                 }
                 LifecycleWrite::default()
             }
+            (kind::ENROLLMENT_CHECKED_OUT, Some(_)) if deciding => return Ok(()),
             (kind::ENROLLMENT_CHECKED_OUT, Some(id)) => {
                 match self.devices.device_by_enrollment(id.as_str()).await? {
                     Some(mut d) => {
@@ -297,8 +487,72 @@ impl SetupService {
             }
             _ => LifecycleWrite::default(),
         };
+        if deciding {
+            return Ok(());
+        }
         self.commit(LifecycleWrite { cursor, ..write }).await?;
         Ok(())
+    }
+
+    /// The `place` answer for `question`: asked now when deciding, else one decided before.
+    async fn ask_place(
+        &self,
+        mode: Mode<'_>,
+        question: PlaceQuestion,
+    ) -> Result<Option<Decided<PlaceDecision>>, PassError> {
+        let known = {
+            let answers = mode.answers().lock().expect("answers");
+            answers
+                .place
+                .iter()
+                .find(|(q, _)| *q == question)
+                .map(|(_, a)| a.clone())
+        };
+        match (known, mode) {
+            (Some(a), _) => Ok(a),
+            (None, Mode::Apply(_)) => Err(PassError::Undecided),
+            (None, Mode::Decide(answers)) => {
+                let (device, default) = question.clone();
+                let a = self.chain.place(&device, || default).await;
+                answers
+                    .lock()
+                    .expect("answers")
+                    .place
+                    .push((question, a.clone()));
+                Ok(a)
+            }
+        }
+    }
+
+    /// The `setup-steps` answer for `question`: asked now when deciding, else one decided
+    /// before.
+    async fn ask_steps(
+        &self,
+        mode: Mode<'_>,
+        question: StepsQuestion,
+    ) -> Result<Decided<Vec<Step>>, PassError> {
+        let known = {
+            let answers = mode.answers().lock().expect("answers");
+            answers
+                .steps
+                .iter()
+                .find(|(q, _)| *q == question)
+                .map(|(_, a)| a.clone())
+        };
+        match (known, mode) {
+            (Some(a), _) => Ok(a),
+            (None, Mode::Apply(_)) => Err(PassError::Undecided),
+            (None, Mode::Decide(answers)) => {
+                let (device, default) = question.clone();
+                let a = self.chain.setup_steps(&device, || default).await;
+                answers
+                    .lock()
+                    .expect("answers")
+                    .steps
+                    .push((question, a.clone()));
+                Ok(a)
+            }
+        }
     }
 
     async fn commit(&self, write: LifecycleWrite) -> Result<(), StoreError> {
@@ -322,7 +576,11 @@ impl SetupService {
     }
 
     /// Ask `place` for `d` and write it with the placement event, if any.
-    async fn placed(&self, mut d: DeviceRecord) -> Result<LifecycleWrite, StoreError> {
+    async fn placed(
+        &self,
+        mut d: DeviceRecord,
+        mode: Mode<'_>,
+    ) -> Result<LifecycleWrite, PassError> {
         let defaults = match &d.dep_server {
             Some(s) => self
                 .dep
@@ -332,7 +590,13 @@ impl SetupService {
                 .unwrap_or_default(),
             None => Default::default(),
         };
-        let placed = place(&self.chain, &mut d, &defaults).await;
+        let placed = match place_question(&d, &defaults) {
+            Some(question) => {
+                let decided = self.ask_place(mode, question).await?;
+                apply_place(&mut d, decided)
+            }
+            None => None,
+        };
         d.updated_at = now();
         Ok(LifecycleWrite {
             devices: vec![d],
@@ -348,10 +612,13 @@ impl SetupService {
         id: &EnrollmentId,
         e: &Event,
         awaiting: bool,
-    ) -> Result<(), StoreError> {
+        mode: Mode<'_>,
+    ) -> Result<(), PassError> {
+        let deciding = mode.deciding();
         let cursor = Some((CURSOR.to_owned(), e.seq));
         let mut device = match self.devices.device_by_enrollment(id.as_str()).await? {
             Some(d) => d,
+            None if deciding => return Ok(()),
             None => {
                 // Not linked to a device record: its Authenticate named no serial number backed
                 // by evidence. The serial it reported must not pick a device record (and so a
@@ -368,30 +635,36 @@ impl SetupService {
                         "waiting in Setup Assistant without a verified serial number: no setup steps"
                     );
                 }
-                return self
+                return Ok(self
                     .commit(LifecycleWrite {
                         cursor,
                         ..Default::default()
                     })
-                    .await;
+                    .await?);
             }
         };
         device.stage = DeviceStage::Enrolled;
         device.updated_at = now();
         if !awaiting {
-            return self
+            if deciding {
+                return Ok(());
+            }
+            return Ok(self
                 .commit(LifecycleWrite {
                     devices: vec![device],
                     cursor,
                     ..Default::default()
                 })
-                .await;
+                .await?);
         }
         if let Some(existing) = self.devices.setup(id.as_str()).await?
             && existing.started_by >= e.seq
         {
+            if deciding {
+                return Ok(());
+            }
             // Already started by this very event (the cursor had not moved past it).
-            return self.drive(existing).await;
+            return Ok(self.drive(existing).await?);
         }
         let team = match &device.team {
             Some(t) => self.teams.team(t).await?,
@@ -402,9 +675,11 @@ impl SetupService {
             .and_then(|t| steps_from_json(&t.setup_steps).ok())
             .unwrap_or_default();
         let decided = self
-            .chain
-            .setup_steps(&policy_device(&device), || defaults)
-            .await;
+            .ask_steps(mode, (policy_device(&device), defaults))
+            .await?;
+        if deciding {
+            return Ok(());
+        }
         let steps: Vec<SetupStep> = decided
             .decision
             .iter()
@@ -446,7 +721,7 @@ impl SetupService {
             cursor,
         })
         .await?;
-        self.drive(setup).await
+        Ok(self.drive(setup).await?)
     }
 
     /// A Shared iPad user's first `TokenUpdate` while its session waits: nothing user-scoped can
@@ -549,8 +824,9 @@ impl SetupService {
                 json!({"serial_number": serial, "command_uuid": uuid, "error_chain": e.data["error_chain"]}),
             ));
         }
-        if !not_now {
-            events.extend(self.ask_release(&mut setup).await?);
+        if !not_now && setup.state == SetupState::Running {
+            // `release` is asked by the timer pass, without the lock.
+            setup.next_check_at = Some(now());
         }
         setup.updated_at = now();
         self.commit(LifecycleWrite {
@@ -563,9 +839,38 @@ impl SetupService {
         self.queue_release(setup).await
     }
 
-    /// Queue every unqueued step, ask `release` if it is time, and queue `DeviceConfigured` when
-    /// decided. Safe to repeat: every command has its UUID fixed in the record.
+    /// Queue every unqueued step and `DeviceConfigured` when decided, and make the setup due for
+    /// a `release` check if it has none (the timer pass asks, without the lock). Safe to repeat:
+    /// every command has its UUID fixed in the record.
     async fn drive(&self, mut setup: SetupRecord) -> Result<(), StoreError> {
+        let (events, retry) = self.queue_steps(&mut setup).await?;
+        if setup.state == SetupState::Running && setup.next_check_at.is_none() {
+            setup.next_check_at = Some(now());
+        }
+        self.retry_later(&mut setup, retry);
+        setup.updated_at = now();
+        self.commit(LifecycleWrite {
+            setups: vec![setup.clone()],
+            events,
+            ..Default::default()
+        })
+        .await?;
+        self.queue_release(setup).await
+    }
+
+    /// A step that could not be built yet is tried again after `retry_after` at the latest.
+    fn retry_later(&self, setup: &mut SetupRecord, retry: bool) {
+        if retry && setup.state == SetupState::Running {
+            let at = now() + self.options.retry_after;
+            setup.next_check_at = Some(setup.next_check_at.map_or(at, |t| t.min(at)));
+        }
+    }
+
+    /// Queue every unqueued step. Returns the events, and whether a step must be tried again.
+    async fn queue_steps(
+        &self,
+        setup: &mut SetupRecord,
+    ) -> Result<(Vec<NewEvent>, bool), StoreError> {
         let id = EnrollmentId::new(setup.enrollment_id.clone());
         let mut events = Vec::new();
         let mut retry = false;
@@ -636,32 +941,11 @@ impl SetupService {
                 }),
             ));
         }
-        let due = setup.next_check_at.is_none_or(|t| t <= now());
-        if due {
-            events.extend(self.ask_release(&mut setup).await?);
-        }
-        if retry && setup.state == SetupState::Running {
-            let at = now() + self.options.retry_after;
-            setup.next_check_at = Some(setup.next_check_at.map_or(at, |t| t.min(at)));
-        }
-        setup.updated_at = now();
-        self.commit(LifecycleWrite {
-            setups: vec![setup.clone()],
-            events,
-            ..Default::default()
-        })
-        .await?;
-        self.queue_release(setup).await
+        Ok((events, retry))
     }
 
-    /// Ask `release` for a running setup, and apply its answer to the record.
-    async fn ask_release(&self, setup: &mut SetupRecord) -> Result<Vec<NewEvent>, StoreError> {
-        if setup.state != SetupState::Running {
-            return Ok(Vec::new());
-        }
-        let Some(device) = self.devices.device(&setup.serial_number).await? else {
-            return Ok(Vec::new());
-        };
+    /// Ask `release` about a running setup and its device (no lock is held).
+    async fn decide_release(&self, device: &DeviceRecord, setup: &SetupRecord) -> ReleaseAnswer {
         let elapsed = (now() - setup.started_at).whole_seconds().max(0) as u64;
         let progress = Progress {
             steps: setup
@@ -690,7 +974,7 @@ impl SetupService {
         let mut default_reason = "";
         let decided = self
             .chain
-            .release(&policy_device(&device), &progress, || {
+            .release(&policy_device(device), &progress, || {
                 if done {
                     default_reason = "required steps finished";
                     ReleaseDecision::Release
@@ -702,8 +986,20 @@ impl SetupService {
                 }
             })
             .await;
+        ReleaseAnswer {
+            decided,
+            default_reason,
+        }
+    }
+
+    /// Apply a `release` answer to the setup it was decided for.
+    fn apply_release(&self, setup: &mut SetupRecord, answer: ReleaseAnswer) -> Vec<NewEvent> {
+        let ReleaseAnswer {
+            decided,
+            default_reason,
+        } = answer;
         let id = EnrollmentId::new(setup.enrollment_id.clone());
-        Ok(match decided.decision {
+        match decided.decision {
             ReleaseDecision::Release => {
                 let reason = if default_reason.is_empty() {
                     "released by plugin".to_owned()
@@ -728,7 +1024,7 @@ impl SetupService {
                     json!({"serial_number": setup.serial_number, "reason": reason, "by": decided.by}),
                 )]
             }
-        })
+        }
     }
 
     fn mark_released(

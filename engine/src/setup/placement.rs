@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use crate::events::{event, kind};
-use crate::policy::{self, PlaceDecision, PolicyChain};
+use crate::policy::{self, Decided, PlaceDecision, PolicyChain};
 use crate::store::{DeviceRecord, DeviceStage, NewEvent};
 use crate::teams::platform_of;
 
@@ -47,18 +47,40 @@ pub async fn place(
     device: &mut DeviceRecord,
     default_teams: &BTreeMap<String, String>,
 ) -> Option<NewEvent> {
+    let (input, default) = place_question(device, default_teams)?;
+    let decided = chain.place(&input, || default).await;
+    apply_place(device, decided)
+}
+
+/// What the `place` hook is asked for `device`, and the built-in answer; `None` when an admin
+/// placed it (nobody is asked). The decision depends on nothing else, so an answer given for an
+/// equal question may be applied later (the setup flow decides before it takes its lock).
+pub(crate) fn place_question(
+    device: &DeviceRecord,
+    default_teams: &BTreeMap<String, String>,
+) -> Option<(policy::Device, Option<PlaceDecision>)> {
     if device.placed_by.as_deref() == Some(BY_ADMIN) {
         return None;
     }
-    let current = device.team.clone();
     let server_default = platform_of(&device.device_family)
         .and_then(|p| default_teams.get(p))
         .cloned();
-    let decided = chain
-        .place(&policy_device(device), || {
-            current.clone().or(server_default).map(PlaceDecision::Team)
-        })
-        .await?;
+    let default = device
+        .team
+        .clone()
+        .or(server_default)
+        .map(PlaceDecision::Team);
+    Some((policy_device(device), default))
+}
+
+/// Apply the answer to [`place_question`] to `device`; the `device.placed` event when the team
+/// changed.
+pub(crate) fn apply_place(
+    device: &mut DeviceRecord,
+    decided: Option<Decided<PlaceDecision>>,
+) -> Option<NewEvent> {
+    let decided = decided?;
+    let current = device.team.clone();
     let team = match decided.decision {
         PlaceDecision::Team(t) => Some(t),
         PlaceDecision::NoTeam => None,

@@ -85,3 +85,113 @@ fn release_command_depends_on_the_channel() {
     s.user_channel = true;
     assert_eq!(release_command(&s, "u").request_type, "UserConfigured");
 }
+
+/// Pushes nothing (the queued commands are not what these tests look at).
+struct NoPush;
+
+#[async_trait::async_trait]
+impl crate::push::Pusher for NoPush {
+    async fn push(&self, ids: &[EnrollmentId]) -> Vec<(EnrollmentId, crate::push::PushOutcome)> {
+        ids.iter()
+            .map(|id| (id.clone(), crate::push::PushOutcome::Failed("test".into())))
+            .collect()
+    }
+}
+
+fn service(
+    dir: &std::path::Path,
+    chain: PolicyChain,
+) -> (SetupService, Arc<crate::store::redb::RedbStore>) {
+    let store = Arc::new(
+        crate::store::redb::RedbStore::open(dir.join("p.redb"), &crate::seal::SealKey::generate())
+            .unwrap(),
+    );
+    let outbox = Outbox::new(store.clone(), 64);
+    let commander = Arc::new(Commander::new(
+        store.clone(),
+        store.clone(),
+        Arc::new(NoPush),
+        outbox.clone(),
+        Arc::new(crate::metrics::Metrics::default()),
+        100,
+    ));
+    let service = SetupService::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        commander,
+        Arc::new(chain),
+        outbox,
+        SetupOptions::default(),
+    );
+    (service, store)
+}
+
+/// Two events of one device in one batch: the `setup-steps` answer decided (without the lock)
+/// for the second one saw the device before the first one placed it, so it is not used; the
+/// event is decided again on the placed device. The setup gets the steps for its real team.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_decided_on_records_changed_since_is_decided_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain_with(
+        r#"return {
+            place = function(d) return { team = "Lab" } end,
+            setup_steps = function(d)
+              if d.team == "Lab" then return { { id = "lab", install_profile = "lab" } } end
+              return { { id = "stale", install_profile = "stale" } }
+            end,
+        }"#,
+    );
+    let (service, store) = service(dir.path(), chain);
+    let t = time::OffsetDateTime::now_utc();
+    // A DEP device, linked to its enrollment, in no team yet.
+    let device = DeviceRecord {
+        enrollment_id: Some("E1".into()),
+        ..DeviceRecord::new("C02TEST", DeviceStage::Synced, t)
+    };
+    store
+        .apply(
+            LifecycleWrite {
+                devices: vec![device],
+                ..Default::default()
+            },
+            t,
+        )
+        .await
+        .unwrap();
+    let id = EnrollmentId::new("E1".to_owned());
+    service
+        .outbox
+        .publish(vec![
+            event(
+                kind::ENROLLMENT_AUTHENTICATED,
+                Some(&id),
+                json!({"verified_serial_number": "C02TEST", "udid": "E1"}),
+            ),
+            event(
+                kind::ENROLLMENT_COMPLETED,
+                Some(&id),
+                json!({"kind": "device", "awaiting_configuration": true}),
+            ),
+        ])
+        .await
+        .unwrap();
+    // The two events, and those the pass itself wrote (placement, setup start).
+    assert!(service.pass().await.unwrap() >= 2);
+    let d = store.device("C02TEST").await.unwrap().unwrap();
+    assert_eq!(d.team.as_deref(), Some("Lab"));
+    let setup = store.setup("E1").await.unwrap().expect("started");
+    let ids: Vec<&str> = setup.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["lab"],
+        "decided on the placed device, not the stale one"
+    );
+    assert_eq!(setup.steps_by, "p");
+    // Started once: another pass changes neither the steps nor who started them.
+    service.pass().await.unwrap();
+    let again = store.setup("E1").await.unwrap().unwrap();
+    assert_eq!(again.started_by, setup.started_by);
+    assert_eq!(again.steps[0].command_uuid, setup.steps[0].command_uuid);
+}
