@@ -344,7 +344,10 @@ impl PolicyChain {
         e: &DepEvent,
         default: impl FnOnce() -> AssignDecision,
     ) -> Decided<AssignDecision> {
-        match self.decide_in_place(&HookInput::AutoAssign(e.clone())).await {
+        match self
+            .decide_in_place(&HookInput::AutoAssign(e.clone()))
+            .await
+        {
             Some(Decided {
                 decision: Decision::Assign(d),
                 by,
