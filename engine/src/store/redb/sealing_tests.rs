@@ -4,8 +4,7 @@ use super::*;
 use crate::seal::context;
 use crate::store::conformance::enroll;
 use crate::store::{
-    Emit,
-    BootstrapStore, DeviceStore, EnrollmentStore, LifecycleWrite, NextCommand, ProfileMeta,
+    BootstrapStore, DeviceStore, Emit, EnrollmentStore, LifecycleWrite, NextCommand, ProfileMeta,
     ProfileStore, QueueStore, ReportRecord, SetupRecord, SetupStep, StepState, StoredProfile, Team,
     TeamStore,
 };
