@@ -9,6 +9,9 @@
 //!   the SHA-256 of its CSR key: a retry of the transaction (the reply was lost) with the same key
 //!   and the same challenge — or, for a renewal, the same signer — gets the same certificate again
 //!   in a new CertRep; `CertPoll` (`GetCertInitial`) signed with that key gets it too.
+//! - An issuance is one store write (`record_issuance`): the one-time challenge is consumed in the
+//!   same transaction as the binding, the renewal link, the retry record and
+//!   `scep.certificate_issued`, so a failed write leaves the challenge usable for the retry.
 
 use std::sync::Arc;
 
