@@ -21,7 +21,9 @@ use serde_json::json;
 use self::client::{DepClient, DepError};
 use crate::events::{Outbox, event, kind};
 use crate::seal::{SealError, SealKey, context};
-use crate::store::{DepKeyPair, DepServer, DepStore, ProfileTemplate, StoreError, TokenState};
+use crate::store::{
+    DepKeyPair, DepServer, DepStore, Emit, ProfileTemplate, StoreError, TokenState,
+};
 use crate::wire::apns::ExpiryState;
 use crate::wire::dep::{self, OAuthToken, Profile};
 
@@ -196,10 +198,23 @@ impl DepService {
             .ok_or_else(|| DepServiceError::UnknownServer(name.to_owned()))
     }
 
-    async fn publish(&self, kind: &str, data: serde_json::Value) {
-        if let Err(err) = self.outbox.publish(vec![event(kind, None, data)]).await {
-            tracing::warn!(%err, kind, "could not record DEP event");
-        }
+    /// Store `s` with events built from `events` (kind, data) in the same transaction, then hand
+    /// them to live subscribers.
+    async fn put_server_emitting(
+        &self,
+        s: &DepServer,
+        events: Vec<(&str, serde_json::Value)>,
+    ) -> Result<(), DepServiceError> {
+        let events = events
+            .into_iter()
+            .map(|(kind, data)| event(kind, None, data))
+            .collect();
+        let written = self
+            .store
+            .put_dep_server_emitting(s, Emit::events(events))
+            .await?;
+        self.outbox.broadcast(&written);
+        Ok(())
     }
 
     /// Create a server with a fresh key pair; returns it.
@@ -219,9 +234,11 @@ impl DepService {
         }
         let mut s = DepServer::new(name, now());
         s.current_keys = Some(self.new_keys(name)?);
-        self.store.put_dep_server(&s).await?;
-        self.publish(kind::DEP_SERVER_CREATED, json!({"server": name}))
-            .await;
+        self.put_server_emitting(
+            &s,
+            vec![(kind::DEP_SERVER_CREATED, json!({"server": name}))],
+        )
+        .await?;
         Ok(s)
     }
 
@@ -316,13 +333,15 @@ impl DepService {
             s.cursor = None;
             s.phase = crate::store::SyncPhase::Fetch;
         }
-        self.store.put_dep_server(&s).await?;
-        self.clients.lock().expect("clients lock").remove(name);
-        self.publish(
-            kind::DEP_TOKEN_STATE,
-            json!({"server": name, "state": s.token_state, "expiry": s.token_expiry}),
+        self.put_server_emitting(
+            &s,
+            vec![(
+                kind::DEP_TOKEN_STATE,
+                json!({"server": name, "state": s.token_state, "expiry": s.token_expiry}),
+            )],
         )
-        .await;
+        .await?;
+        self.clients.lock().expect("clients lock").remove(name);
         Ok(s)
     }
 
@@ -504,6 +523,39 @@ mod tests {
             access_secret: "AS".into(),
             access_token_expiry: "2099-01-01T00:00:00Z".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn server_changes_are_logged_with_the_change() {
+        use crate::store::EventStore;
+        let store = Arc::new(RedbStore::in_memory().unwrap());
+        let outbox = Outbox::new(
+            Arc::new(crate::events::testing::FailingAppends(store.clone())),
+            16,
+        );
+        let mut live = outbox.subscribe();
+        let dep = DepService::new(
+            store.clone(),
+            SealKey::generate(),
+            outbox,
+            DepOptions::new("https://mdm.example"),
+        );
+        let s = dep.create_server("logged").await.unwrap();
+        let cert =
+            openssl::x509::X509::from_pem(s.current_keys.unwrap().cert_pem.as_bytes()).unwrap();
+        let p7m = dep::encrypt_token(&token(), &cert).unwrap();
+        dep.upload_token("logged", &p7m, false).await.unwrap();
+
+        // Each change and its event committed together, although the outbox cannot append.
+        let stored = store.dep_server("logged").await.unwrap().unwrap();
+        assert_eq!(stored.consumer_key.as_deref(), Some("CK_A"));
+        let log = store.events_after(0, 100).await.unwrap();
+        let kinds: Vec<_> = log.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, [kind::DEP_SERVER_CREATED, kind::DEP_TOKEN_STATE]);
+        assert_eq!(log[0].data["server"], "logged");
+        assert_eq!(log[1].data["expiry"], "2099-01-01T00:00:00Z");
+        assert_eq!(live.try_recv().unwrap().seq, log[0].seq);
+        assert_eq!(live.try_recv().unwrap().seq, log[1].seq);
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use super::client::{DepClient, DepError};
 use super::{DepService, DepServiceError, now};
 use crate::events::{event, kind};
 use crate::store::{
-    AssignResult, DepDeviceRecord, DepPageCommit, DepServer, DeviceRecord, DeviceStage,
+    AssignResult, DepDeviceRecord, DepPageCommit, DepServer, DeviceRecord, DeviceStage, Emit,
     LifecycleWrite, NewEvent, ProfileDefinition, SyncPhase, TokenState,
 };
 use crate::teams::platform_of;
@@ -215,18 +215,17 @@ impl DepService {
             DepError::Unauthorized(_) => Some(TokenState::Invalid),
             _ => None,
         };
+        let mut events = Vec::new();
         if let Some(state) = state
             && fresh.token_state != state
         {
             fresh.token_state = state;
-            self.publish(
+            events.push((
                 kind::DEP_TOKEN_STATE,
                 json!({"server": s.name, "state": state, "error": e.to_string()}),
-            )
-            .await;
+            ));
         }
-        self.store.put_dep_server(&fresh).await?;
-        Ok(())
+        self.put_server_emitting(&fresh, events).await
     }
 
     async fn sync_pages(
@@ -384,14 +383,19 @@ impl DepService {
             defined_at: now(),
         };
         t.definitions.insert(server.to_owned(), definition);
-        if let Err(e) = self.store.put_dep_profile(&t).await {
-            return Err(e.to_string());
-        }
-        self.publish(
+        let defined = event(
             kind::DEP_PROFILE_DEFINED,
+            None,
             json!({"server": server, "profile": profile, "profile_uuid": result.as_ref().ok().map(|r| &r.profile_uuid), "error": result.as_ref().err().map(ToString::to_string)}),
-        )
-        .await;
+        );
+        match self
+            .store
+            .put_dep_profile_emitting(&t, Emit::events(vec![defined]))
+            .await
+        {
+            Ok(written) => self.outbox.broadcast(&written),
+            Err(e) => return Err(e.to_string()),
+        }
         result.map(|r| r.profile_uuid).map_err(|e| e.to_string())
     }
 

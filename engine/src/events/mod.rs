@@ -178,3 +178,31 @@ pub fn event(
         data,
     }
 }
+
+/// Test doubles for the outbox.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use crate::store::{Event, EventStore, NewEvent, StoreError, StoreResult, Timestamp};
+
+    /// An event log whose separate appends always fail (a full disk, a crash between two
+    /// writes) while reads and pruning go to `0`: only events written inside the state change's
+    /// own transaction can reach the log.
+    pub(crate) struct FailingAppends(pub(crate) Arc<dyn EventStore>);
+
+    #[async_trait]
+    impl EventStore for FailingAppends {
+        async fn append_events(&self, _: Vec<NewEvent>, _: Timestamp) -> StoreResult<Vec<Event>> {
+            Err(StoreError::Backend("injected: event append failed".into()))
+        }
+        async fn events_after(&self, after: u64, limit: usize) -> StoreResult<Vec<Event>> {
+            self.0.events_after(after, limit).await
+        }
+        async fn prune_events(&self, before: Timestamp) -> StoreResult<u64> {
+            self.0.prune_events(before).await
+        }
+    }
+}

@@ -465,15 +465,56 @@ impl IdentityService {
             return Err(ApprovalError::NotDevice(id.to_string()));
         }
         let expires_at = now + time::Duration::seconds(ttl as i64);
-        self.store.approve_reenrollment(id, expires_at).await?;
         let e = event(
             kind::IDENTITY_REENROLL_APPROVED,
             Some(id),
             json!({"expires_at": expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()}),
         );
-        if let Err(err) = self.outbox.publish(vec![e]).await {
-            tracing::warn!(%err, "could not record identity.reenroll_approved event");
-        }
+        let events = self
+            .store
+            .approve_reenrollment_emitting(id, expires_at, Emit::events(vec![e]))
+            .await?;
+        self.outbox.broadcast(&events);
         Ok(expires_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::events::testing::FailingAppends;
+    use crate::store::EventStore;
+    use crate::store::conformance::enroll;
+    use crate::store::redb::RedbStore;
+
+    #[tokio::test]
+    async fn an_approval_is_logged_with_its_change() {
+        let store = Arc::new(RedbStore::in_memory().unwrap());
+        let outbox = Outbox::new(Arc::new(FailingAppends(store.clone())), 16);
+        let mut live = outbox.subscribe();
+        let service = IdentityService::new(store.clone(), store.clone(), outbox);
+        let device = enroll(&*store, "UDID-APPROVED").await.id;
+        let before = store.events_after(0, 100).await.unwrap().len();
+        let now = time::OffsetDateTime::now_utc();
+        service
+            .approve_reenrollment(&device, None, now)
+            .await
+            .unwrap();
+
+        // The approval and its event committed together, although the outbox cannot append.
+        let log = store.events_after(0, 100).await.unwrap();
+        assert_eq!(log.len(), before + 1, "events: {log:?}");
+        let approved = log.last().unwrap();
+        assert_eq!(approved.kind, kind::IDENTITY_REENROLL_APPROVED);
+        assert_eq!(approved.enrollment_id.as_ref(), Some(&device));
+        assert_eq!(live.try_recv().unwrap().seq, approved.seq);
+        assert!(
+            store
+                .take_reenrollment_approval(&device, now)
+                .await
+                .unwrap()
+        );
     }
 }

@@ -9,6 +9,9 @@
 //!   the SHA-256 of its CSR key: a retry of the transaction (the reply was lost) with the same key
 //!   and the same challenge — or, for a renewal, the same signer — gets the same certificate again
 //!   in a new CertRep; `CertPoll` (`GetCertInitial`) signed with that key gets it too.
+//! - An issuance is one store write (`record_issuance`): the one-time challenge is consumed in the
+//!   same transaction as the binding, the renewal link, the retry record and
+//!   `scep.certificate_issued`, so a failed write leaves the challenge usable for the retry.
 
 use std::sync::Arc;
 
@@ -19,7 +22,8 @@ use serde_json::json;
 use crate::ca::CertificateAuthority;
 use crate::events::{Outbox, event, kind};
 use crate::store::{
-    CertBinding, CertHash, ChallengeStatus, ChallengeStore, IdentityStore, ScepIssue, StoreError,
+    CertBinding, CertHash, ChallengeStatus, ChallengeStore, Emit, IdentityStore, ScepIssuance,
+    ScepIssue, StoreError,
 };
 use crate::wire::scep::{
     self, FailInfo, MessageType, Outcome, ScepError, ScepRequest, SignedMessage,
@@ -199,6 +203,8 @@ impl ScepService {
         // The evidence the new certificate inherits: a renewal keeps the renewed certificate's
         // binding, a one-time challenge minted for MachineInfo gives that MachineInfo's.
         let mut binding: Option<CertBinding> = None;
+        // The one-time challenge to consume, in the same transaction as the issuance records.
+        let mut consume: Option<String> = None;
         let renewed_from = if renewal {
             if let Err(e) = self.ca.verify_device_cert(&m.signer) {
                 return Ok(Err((
@@ -220,15 +226,15 @@ impl ScepService {
             if let Some(again) = self.retried(m, &csr_key, challenge.as_deref()).await? {
                 return Ok(Ok(again));
             }
-            match self.check_challenge(challenge.as_deref()).await? {
-                Ok(()) => {
-                    if let Some(p) = &challenge {
-                        binding = self.challenges.challenge_binding(p).await?;
-                    }
-                    None
+            match self.check_challenge(challenge.as_deref()) {
+                Ok(Some(one_time)) => {
+                    binding = self.challenges.challenge_binding(one_time).await?;
+                    consume = Some(one_time.to_owned());
                 }
+                Ok(None) => {}
                 Err(reason) => return Ok(Err((FailInfo::BadRequest, reason))),
             }
+            None
         };
         let public_key = csr
             .public_key()
@@ -242,14 +248,6 @@ impl ScepService {
                 .to_der()
                 .map_err(|e| ScepError::Build(e.to_string()))?,
         );
-        if let Some(old) = &renewed_from {
-            self.identity.link_renewal(old, &new_hash).await?;
-        }
-        if let Some(b) = &binding {
-            self.identity.bind_cert(&new_hash, b).await?;
-        }
-        self.remember(m, csr_key, challenge.as_deref(), &issued)
-            .await?;
         let serial = issued
             .serial_number()
             .to_bn()
@@ -266,9 +264,29 @@ impl ScepService {
                 "transaction_id": m.transaction_id,
             }),
         );
-        if let Err(err) = self.outbox.publish(vec![e]).await {
-            tracing::warn!(%err, "could not record scep.certificate_issued");
+        let issuance = ScepIssuance {
+            challenge: consume,
+            certificate: new_hash,
+            renewal_of: renewed_from,
+            binding,
+            issue: self.issue_record(m, csr_key, challenge.as_deref(), &issued)?,
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let (status, events) = self
+            .challenges
+            .record_issuance(&issuance, now, Emit::events(vec![e]))
+            .await?;
+        let refused = match status {
+            ChallengeStatus::Accepted => None,
+            ChallengeStatus::AlreadyUsed => Some("one-time challenge was already used"),
+            ChallengeStatus::Expired => Some("one-time challenge has expired"),
+            ChallengeStatus::Unknown => Some("wrong challenge"),
+        };
+        if let Some(reason) = refused {
+            // The certificate just signed is dropped: it was never stored nor sent.
+            return Ok(Err((FailInfo::BadRequest, reason.into())));
         }
+        self.outbox.broadcast(&events);
         Ok(Ok(issued))
     }
 
@@ -318,15 +336,16 @@ impl ScepService {
         )))
     }
 
-    /// Keep `issued` for retries of its transaction until the challenge lifetime has passed.
-    async fn remember(
+    /// The record that keeps `issued` for retries of its transaction until the challenge
+    /// lifetime has passed.
+    fn issue_record(
         &self,
         m: &SignedMessage,
         csr_key: [u8; 32],
         challenge: Option<&str>,
         issued: &X509,
-    ) -> Result<(), ScepServiceError> {
-        let issue = ScepIssue {
+    ) -> Result<ScepIssue, ScepServiceError> {
+        Ok(ScepIssue {
             transaction_id: m.transaction_id.clone(),
             csr_key_sha256: csr_key,
             signer_key_sha256: signer_key_sha256(m)?,
@@ -336,32 +355,21 @@ impl ScepService {
                 .map_err(|e| ScepError::Build(e.to_string()))?,
             expires_at: time::OffsetDateTime::now_utc()
                 + time::Duration::seconds(i64::from(self.options.challenge_ttl_secs)),
-        };
-        self.challenges.put_scep_issue(&issue).await?;
-        Ok(())
+        })
     }
 
-    async fn check_challenge(
-        &self,
-        presented: Option<&str>,
-    ) -> Result<Result<(), String>, StoreError> {
+    /// Whether the request's challenge may be tried: `Some` for a one-time challenge, consumed
+    /// with the issuance records ([`crate::store::ScepTransactionStore::record_issuance`]); `None` for the static one.
+    fn check_challenge<'a>(&self, presented: Option<&'a str>) -> Result<Option<&'a str>, String> {
         let Some(presented) = presented else {
-            return Ok(Err("the CSR carries no challengePassword".into()));
+            return Err("the CSR carries no challengePassword".into());
         };
         if let Some(expected) = &self.options.static_challenge
             && constant_time_eq(expected, presented)
         {
-            return Ok(Ok(()));
+            return Ok(None);
         }
-        let now = time::OffsetDateTime::now_utc();
-        Ok(
-            match self.challenges.consume_challenge(presented, now).await? {
-                ChallengeStatus::Accepted => Ok(()),
-                ChallengeStatus::AlreadyUsed => Err("one-time challenge was already used".into()),
-                ChallengeStatus::Expired => Err("one-time challenge has expired".into()),
-                ChallengeStatus::Unknown => Err("wrong challenge".into()),
-            },
-        )
+        Ok(Some(presented))
     }
 }
 

@@ -375,3 +375,240 @@ async fn a_retried_renewal_gets_its_certificate_again() {
         Some("2")
     );
 }
+
+/// A SCEP service whose outbox cannot append on its own (see `FailingAppends`).
+fn setup_failing_appends() -> Setup {
+    let store = Arc::new(RedbStore::in_memory().unwrap());
+    let ca = Arc::new(CertificateAuthority::generate(&CaOptions::default()).unwrap());
+    let outbox = Outbox::new(
+        Arc::new(crate::events::testing::FailingAppends(store.clone())),
+        16,
+    );
+    let service = ScepService::new(
+        ca.clone(),
+        store.clone(),
+        store.clone(),
+        outbox,
+        ScepOptions::default(),
+    );
+    Setup { service, ca, store }
+}
+
+#[tokio::test]
+async fn the_issued_certificate_is_logged_with_its_records() {
+    use crate::store::{EventStore, ScepTransactionStore};
+    let s = setup_failing_appends();
+    let mut live = s.service.outbox.subscribe();
+    let binding = CertBinding {
+        udid: "UDID-LOGGED".into(),
+        serial: "SN-LOGGED".into(),
+        source: crate::store::BindingSource::MachineInfo,
+    };
+    let c = s.service.mint_bound_challenge(&binding).await.unwrap();
+    let rep = pkcs_req(&s, &requester(key()), "TX-LOGGED", &c).await;
+    assert_eq!(rep.message.pki_status.as_deref(), Some("0"));
+    let hash = CertHash::of_der(&rep.certificates[0].to_der().unwrap());
+
+    // The binding, the transaction record, the consumed challenge and the event committed
+    // together, although the outbox's own appends fail.
+    assert_eq!(s.store.cert_binding(&hash).await.unwrap(), Some(binding));
+    let now = time::OffsetDateTime::now_utc();
+    assert_eq!(
+        s.store.scep_issues("TX-LOGGED", now).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        s.store.consume_challenge(&c, now).await.unwrap(),
+        ChallengeStatus::AlreadyUsed
+    );
+    let log = s.store.events_after(0, 100).await.unwrap();
+    let issued: Vec<_> = log
+        .iter()
+        .filter(|e| e.kind == kind::SCEP_CERTIFICATE_ISSUED)
+        .collect();
+    assert_eq!(issued.len(), 1, "events: {log:?}");
+    assert_eq!(issued[0].data["certificate_sha256"], hash.to_hex());
+    assert_eq!(issued[0].data["bound_udid"], "UDID-LOGGED");
+    assert_eq!(issued[0].data["transaction_id"], "TX-LOGGED");
+    // Live subscribers get the committed event.
+    assert_eq!(live.try_recv().unwrap().seq, issued[0].seq);
+}
+
+#[tokio::test]
+async fn a_renewal_is_logged_with_its_link_and_binding() {
+    use crate::store::EventStore;
+    let s = setup_failing_appends();
+    let device_key = key();
+    let public = PKey::public_key_from_der(&device_key.public_key_to_der().unwrap()).unwrap();
+    let identity = s.ca.issue_device_cert(&public, &subject(), 30).unwrap();
+    let old = CertHash::of_der(&identity.to_der().unwrap());
+    let binding = CertBinding {
+        udid: "UDID-RENEWED".into(),
+        serial: "SN-RENEWED".into(),
+        source: crate::store::BindingSource::MachineInfo,
+    };
+    s.store.bind_cert(&old, &binding).await.unwrap();
+    let renewed = request(
+        &s,
+        MessageType::RenewalReq,
+        None,
+        Some((&identity, &device_key)),
+        ContentCipher::Aes256Cbc,
+    )
+    .await;
+    assert_eq!(renewed.message.pki_status.as_deref(), Some("0"));
+    let new = CertHash::of_der(&renewed.certificates[0].to_der().unwrap());
+    assert_eq!(s.store.renewed_from(&new).await.unwrap(), Some(old));
+    assert_eq!(s.store.cert_binding(&new).await.unwrap(), Some(binding));
+    let log = s.store.events_after(0, 100).await.unwrap();
+    let renewal = log
+        .iter()
+        .find(|e| e.kind == kind::SCEP_CERTIFICATE_ISSUED)
+        .unwrap_or_else(|| panic!("no scep.certificate_issued in {log:?}"));
+    assert_eq!(renewal.data["renewal_of"], old.to_hex());
+    assert_eq!(renewal.data["certificate_sha256"], new.to_hex());
+    assert_eq!(renewal.data["bound_udid"], "UDID-RENEWED");
+}
+
+/// A challenge store whose first issuance write fails as a whole (a full disk, a crash): like a
+/// failed transaction, it leaves nothing behind.
+struct FirstIssuanceFails {
+    inner: Arc<RedbStore>,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl FirstIssuanceFails {
+    fn fail_once(&self) -> Result<(), StoreError> {
+        if self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(StoreError::Backend(
+                "injected: issuance write failed".into(),
+            ))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::store::ScepTransactionStore for FirstIssuanceFails {
+    async fn put_scep_issue(&self, issue: &ScepIssue) -> crate::store::StoreResult<()> {
+        self.fail_once()?;
+        self.inner.put_scep_issue(issue).await
+    }
+    async fn record_issuance(
+        &self,
+        issuance: &ScepIssuance,
+        now: crate::store::Timestamp,
+        emit: Emit<()>,
+    ) -> crate::store::StoreResult<(ChallengeStatus, Vec<crate::store::Event>)> {
+        self.fail_once()?;
+        self.inner.record_issuance(issuance, now, emit).await
+    }
+    async fn scep_issues(
+        &self,
+        transaction_id: &str,
+        now: crate::store::Timestamp,
+    ) -> crate::store::StoreResult<Vec<ScepIssue>> {
+        self.inner.scep_issues(transaction_id, now).await
+    }
+    async fn prune_scep_issues(
+        &self,
+        before: crate::store::Timestamp,
+        limit: usize,
+    ) -> crate::store::StoreResult<u64> {
+        self.inner.prune_scep_issues(before, limit).await
+    }
+}
+
+#[async_trait::async_trait]
+impl ChallengeStore for FirstIssuanceFails {
+    async fn put_challenge(
+        &self,
+        challenge: &str,
+        expires_at: crate::store::Timestamp,
+    ) -> crate::store::StoreResult<()> {
+        self.inner.put_challenge(challenge, expires_at).await
+    }
+    async fn consume_challenge(
+        &self,
+        challenge: &str,
+        now: crate::store::Timestamp,
+    ) -> crate::store::StoreResult<ChallengeStatus> {
+        self.inner.consume_challenge(challenge, now).await
+    }
+    async fn put_bound_challenge(
+        &self,
+        challenge: &str,
+        expires_at: crate::store::Timestamp,
+        binding: &CertBinding,
+    ) -> crate::store::StoreResult<()> {
+        self.inner
+            .put_bound_challenge(challenge, expires_at, binding)
+            .await
+    }
+    async fn challenge_binding(
+        &self,
+        challenge: &str,
+    ) -> crate::store::StoreResult<Option<CertBinding>> {
+        self.inner.challenge_binding(challenge).await
+    }
+    async fn prune_challenges(
+        &self,
+        before: crate::store::Timestamp,
+    ) -> crate::store::StoreResult<u64> {
+        self.inner.prune_challenges(before).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_issuance_write_leaves_the_challenge_for_the_retry() {
+    let store = Arc::new(RedbStore::in_memory().unwrap());
+    let ca = Arc::new(CertificateAuthority::generate(&CaOptions::default()).unwrap());
+    let service = ScepService::new(
+        ca.clone(),
+        Arc::new(FirstIssuanceFails {
+            inner: store.clone(),
+            failed: Default::default(),
+        }),
+        store.clone(),
+        Outbox::new(store.clone(), 16),
+        ScepOptions::default(),
+    );
+    let c = service.mint_challenge().await.unwrap();
+    let r = requester(key());
+    let csr = build_csr(&r.device_key, &subject(), Some(&c)).unwrap();
+    let msg = build_request(
+        &csr,
+        MessageType::PkcsReq,
+        "TX-FAILED-WRITE",
+        b"nonce-0123456789",
+        &r.signer,
+        &r.signer_key,
+        ca.certificate(),
+        ContentCipher::Aes256Cbc,
+        Digest::Sha256,
+    )
+    .unwrap();
+    assert!(
+        service.pki_operation(&msg).await.is_err(),
+        "the failed write is an error (HTTP 500), the client retries"
+    );
+    let reply = service.pki_operation(&msg).await.unwrap();
+    let rep = CertRep::parse(&reply, ca.certificate(), &r.signer, &r.signer_key).unwrap();
+    assert_eq!(
+        rep.message.pki_status.as_deref(),
+        Some("0"),
+        "the retry is refused: {:?}",
+        rep.message.fail_info
+    );
+    let hash = CertHash::of_der(&rep.certificates[0].to_der().unwrap());
+    let log = crate::store::EventStore::events_after(&*store, 0, 100)
+        .await
+        .unwrap();
+    let issued: Vec<_> = log
+        .iter()
+        .filter(|e| e.kind == kind::SCEP_CERTIFICATE_ISSUED)
+        .collect();
+    assert_eq!(issued.len(), 1, "one issuance, one event: {log:?}");
+    assert_eq!(issued[0].data["certificate_sha256"], hash.to_hex());
+}

@@ -13,6 +13,7 @@ use crate::wire::command::Command;
 use crate::wire::enrollment_id::{Channel, ChannelKind, EnrollmentId};
 use crate::wire::report::Status;
 
+mod outbox;
 mod webhooks;
 
 fn now() -> Timestamp {
@@ -116,6 +117,7 @@ pub async fn run_all<S: Store>(store: &S) {
     webhooks::webhooks(store).await;
     profile_library(store).await;
     devices_and_setups(store).await;
+    outbox::emitting_writes(store).await;
 }
 
 async fn devices_and_setups<S: Store>(store: &S) {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{NewEvent, StoreResult, Timestamp};
+use super::{Emit, Event, NewEvent, StoreResult, Timestamp};
 use crate::wire::dep::{Device, Profile};
 
 /// Where a server's cursor stands.
@@ -258,7 +258,17 @@ pub struct DepDeviceQuery {
 #[async_trait]
 pub trait DepStore: Send + Sync {
     /// Create or replace a server record.
-    async fn put_dep_server(&self, server: &DepServer) -> StoreResult<()>;
+    async fn put_dep_server(&self, server: &DepServer) -> StoreResult<()> {
+        self.put_dep_server_emitting(server, Emit::none())
+            .await
+            .map(drop)
+    }
+    /// [`DepStore::put_dep_server`], appending `emit`'s events in the same transaction.
+    async fn put_dep_server_emitting(
+        &self,
+        server: &DepServer,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>>;
     /// One server.
     async fn dep_server(&self, name: &str) -> StoreResult<Option<DepServer>>;
     /// All servers.
@@ -308,7 +318,17 @@ pub trait DepStore: Send + Sync {
     async fn set_reask(&self, server: &str, serial: &str, at: Option<Timestamp>)
     -> StoreResult<()>;
     /// Create or replace a profile template.
-    async fn put_dep_profile(&self, profile: &ProfileTemplate) -> StoreResult<()>;
+    async fn put_dep_profile(&self, profile: &ProfileTemplate) -> StoreResult<()> {
+        self.put_dep_profile_emitting(profile, Emit::none())
+            .await
+            .map(drop)
+    }
+    /// [`DepStore::put_dep_profile`], appending `emit`'s events in the same transaction.
+    async fn put_dep_profile_emitting(
+        &self,
+        profile: &ProfileTemplate,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>>;
     /// One profile template.
     async fn dep_profile(&self, name: &str) -> StoreResult<Option<ProfileTemplate>>;
     /// All profile templates.

@@ -195,7 +195,20 @@ pub trait IdentityStore: Send + Sync {
         &self,
         id: &EnrollmentId,
         expires_at: Timestamp,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        self.approve_reenrollment_emitting(id, expires_at, Emit::none())
+            .await
+            .map(drop)
+    }
+
+    /// [`IdentityStore::approve_reenrollment`], appending `emit`'s events in the same
+    /// transaction.
+    async fn approve_reenrollment_emitting(
+        &self,
+        id: &EnrollmentId,
+        expires_at: Timestamp,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>>;
 
     /// Use the pending approval of `id` if there is an unexpired one. Returns whether there was.
     async fn take_reenrollment_approval(
@@ -363,11 +376,39 @@ pub struct ScepIssue {
     pub expires_at: Timestamp,
 }
 
+/// Everything a SCEP issuance records, written in one transaction by
+/// [`ScepTransactionStore::record_issuance`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScepIssuance {
+    /// The one-time challenge the request used, consumed by the write (`None` for a renewal or
+    /// the static challenge).
+    pub challenge: Option<String>,
+    /// The issued certificate.
+    pub certificate: CertHash,
+    /// The certificate it renews (a `RenewalReq`).
+    pub renewal_of: Option<CertHash>,
+    /// The evidence-based binding the new certificate inherits.
+    pub binding: Option<CertBinding>,
+    /// The record kept for retries of the transaction.
+    pub issue: ScepIssue,
+}
+
 /// Certificates issued per SCEP transaction (for retries and `CertPoll`).
 #[async_trait]
 pub trait ScepTransactionStore: Send + Sync {
     /// Remember (or replace) the certificate issued for `(transaction_id, csr_key_sha256)`.
     async fn put_scep_issue(&self, issue: &ScepIssue) -> StoreResult<()>;
+
+    /// Record an issued certificate in one transaction: consume the one-time challenge (if
+    /// any), link the renewal, bind the certificate, remember the transaction for retries and
+    /// append `emit`'s events. If the challenge is not [`ChallengeStatus::Accepted`] nothing is
+    /// written and its status is returned with no events.
+    async fn record_issuance(
+        &self,
+        issuance: &ScepIssuance,
+        now: Timestamp,
+        emit: Emit<()>,
+    ) -> StoreResult<(ChallengeStatus, Vec<Event>)>;
 
     /// The unexpired certificates issued for a transaction (at most a few; one per CSR key).
     async fn scep_issues(

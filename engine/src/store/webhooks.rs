@@ -127,7 +127,21 @@ pub trait WebhookStore: Send + Sync {
         name: &str,
         revision: u64,
         delivery: &WebhookDelivery,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<bool> {
+        self.save_webhook_delivery_emitting(name, revision, delivery, Emit::none())
+            .await
+            .map(|(saved, _)| saved)
+    }
+
+    /// [`WebhookStore::save_webhook_delivery`], appending `emit`'s events (given whether it was
+    /// saved) in the same transaction.
+    async fn save_webhook_delivery_emitting(
+        &self,
+        name: &str,
+        revision: u64,
+        delivery: &WebhookDelivery,
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)>;
 
     /// The sequence number of the newest event ever appended (0 if none), even if it was pruned.
     async fn event_head(&self) -> StoreResult<u64>;

@@ -8,7 +8,7 @@ use tokio::sync::{Notify, watch};
 
 use super::{EventFilter, Shared, now, seal_context, signature};
 use crate::events::{event, kind};
-use crate::store::{Event, StoreError, Timestamp, WebhookDelivery};
+use crate::store::{Emit, Event, StoreError, Timestamp, WebhookDelivery};
 
 /// What the loop does after a step.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,22 +122,28 @@ async fn step(shared: &Shared, name: &str) -> Result<Next, StoreError> {
             ));
             d.last_error_at = Some(now());
             d.cursor = e.seq - 1;
-            if !shared
-                .store
-                .save_webhook_delivery(name, sub.revision, &d)
-                .await?
-            {
-                return Ok(Next::Again);
-            }
-            tracing::warn!(webhook = %name, first = lost.0, last = lost.1, "webhook missed pruned events");
+            // The skip over the lost events and the event reporting it commit together.
             let ev = event(
                 kind::WEBHOOK_EVENTS_PRUNED,
                 None,
                 json!({"name": name, "first_lost": lost.0, "last_lost": lost.1, "resumed_at": e.seq}),
             );
-            if let Err(err) = shared.outbox.publish(vec![ev]).await {
-                tracing::warn!(%err, "could not record webhook event");
+            let (saved, written) = shared
+                .store
+                .save_webhook_delivery_emitting(
+                    name,
+                    sub.revision,
+                    &d,
+                    Emit::with(
+                        move |saved: &bool| if *saved { vec![ev.clone()] } else { Vec::new() },
+                    ),
+                )
+                .await?;
+            if !saved {
+                return Ok(Next::Again);
             }
+            shared.outbox.broadcast(&written);
+            tracing::warn!(webhook = %name, first = lost.0, last = lost.1, "webhook missed pruned events");
         }
         if !filter.matches(&e.kind) {
             d.cursor = e.seq;
@@ -309,6 +315,56 @@ pub(super) async fn deliver(shared: &Shared, url: &str, secret: &[u8], e: &Event
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Outbox;
+    use crate::seal::SealKey;
+    use crate::store::redb::RedbStore;
+    use crate::store::{EventStore, WebhookStore};
+    use crate::webhooks::{WebhookOptions, WebhookService, WebhookSpec};
+
+    #[tokio::test]
+    async fn skipping_pruned_events_is_logged_with_the_skip() {
+        let store = Arc::new(RedbStore::in_memory().unwrap());
+        let outbox = Outbox::new(
+            Arc::new(crate::events::testing::FailingAppends(store.clone())),
+            16,
+        );
+        let service = WebhookService::new(
+            store.clone(),
+            outbox,
+            SealKey::generate(),
+            WebhookOptions::default(),
+        )
+        .unwrap();
+        let old = now() - time::Duration::days(30);
+        let lost = vec![event("test.lost", None, json!({})); 3];
+        store.append_events(lost, old).await.unwrap();
+        let mut spec = WebhookSpec::new("http://127.0.0.1:9/hook");
+        spec.events = vec!["nothing.matches".into()];
+        spec.from_seq = Some(1);
+        service.put("w", spec).await.unwrap();
+        assert_eq!(
+            store
+                .prune_events(now() - time::Duration::days(1))
+                .await
+                .unwrap(),
+            3
+        );
+
+        step(&service.inner.shared, "w").await.unwrap();
+
+        // The skip over events 1..=3 and the event reporting it committed together, although
+        // the outbox cannot append.
+        let sub = store.webhook("w").await.unwrap().unwrap();
+        assert!(sub.delivery.cursor >= 3, "cursor {}", sub.delivery.cursor);
+        let log = store.events_after(0, 100).await.unwrap();
+        let pruned = log
+            .iter()
+            .find(|e| e.kind == kind::WEBHOOK_EVENTS_PRUNED)
+            .unwrap_or_else(|| panic!("no webhook.events_pruned in {log:?}"));
+        assert_eq!(pruned.data["name"], "w");
+        assert_eq!(pruned.data["first_lost"], 1);
+        assert_eq!(pruned.data["last_lost"], 3);
+    }
 
     #[test]
     fn backoff_doubles_within_jitter_and_caps() {

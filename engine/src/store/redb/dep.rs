@@ -8,8 +8,8 @@ use super::tables::{DEP_DEVICES, DEP_DUE, DEP_PROFILES, DEP_REASK, DEP_SERVERS};
 use super::{RedbStore, backend, decode, encode};
 use crate::store::{
     AssignResult, DEP_HISTORY_LIMIT, DepDeviceQuery, DepDeviceRecord, DepHistoryEntry,
-    DepPageCommit, DepServer, DepStore, Event, NewEvent, ProfileTemplate, StoreError, StoreResult,
-    Timestamp,
+    DepPageCommit, DepServer, DepStore, Emit, Event, NewEvent, ProfileTemplate, StoreError,
+    StoreResult, Timestamp,
 };
 
 fn ms(t: Timestamp) -> i64 {
@@ -104,9 +104,14 @@ fn set_reask_in(
 
 #[async_trait]
 impl DepStore for RedbStore {
-    async fn put_dep_server(&self, server: &DepServer) -> StoreResult<()> {
+    async fn put_dep_server_emitting(
+        &self,
+        server: &DepServer,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
         let s = server.clone();
-        self.write(move |txn| {
+        let now = time::OffsetDateTime::now_utc();
+        self.write_emitting(emit, now, move |txn| {
             txn.open_table(DEP_SERVERS)
                 .map_err(backend)?
                 .insert(s.name.as_str(), encode(&s).as_slice())
@@ -114,6 +119,7 @@ impl DepStore for RedbStore {
             Ok(())
         })
         .await
+        .map(|(_, events)| events)
     }
 
     async fn dep_server(&self, name: &str) -> StoreResult<Option<DepServer>> {
@@ -386,9 +392,14 @@ impl DepStore for RedbStore {
         .await
     }
 
-    async fn put_dep_profile(&self, profile: &ProfileTemplate) -> StoreResult<()> {
+    async fn put_dep_profile_emitting(
+        &self,
+        profile: &ProfileTemplate,
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
         let p = profile.clone();
-        self.write(move |txn| {
+        let now = time::OffsetDateTime::now_utc();
+        self.write_emitting(emit, now, move |txn| {
             txn.open_table(DEP_PROFILES)
                 .map_err(backend)?
                 .insert(p.name.as_str(), encode(&p).as_slice())
@@ -396,6 +407,7 @@ impl DepStore for RedbStore {
             Ok(())
         })
         .await
+        .map(|(_, events)| events)
     }
 
     async fn dep_profile(&self, name: &str) -> StoreResult<Option<ProfileTemplate>> {

@@ -128,13 +128,15 @@ impl IdentityStore for RedbStore {
         })
     }
 
-    async fn approve_reenrollment(
+    async fn approve_reenrollment_emitting(
         &self,
         id: &EnrollmentId,
         expires_at: Timestamp,
-    ) -> StoreResult<()> {
+        emit: Emit<()>,
+    ) -> StoreResult<Vec<Event>> {
         let id = id.clone();
-        self.write(move |txn| {
+        let now = time::OffsetDateTime::now_utc();
+        self.write_emitting(emit, now, move |txn| {
             txn.open_table(REENROLL_APPROVALS)
                 .map_err(backend)?
                 .insert(id.as_str(), unix_ms(expires_at))
@@ -142,6 +144,7 @@ impl IdentityStore for RedbStore {
             Ok(())
         })
         .await
+        .map(|(_, events)| events)
     }
 
     async fn take_reenrollment_approval(
@@ -159,15 +162,8 @@ impl IdentityStore for RedbStore {
     }
 
     async fn bind_cert(&self, hash: &CertHash, binding: &CertBinding) -> StoreResult<()> {
-        let (hash, value) = (*hash, encode(binding));
-        self.write(move |txn| {
-            txn.open_table(CERT_BINDING)
-                .map_err(backend)?
-                .insert(hash.0.as_slice(), value.as_slice())
-                .map_err(backend)?;
-            Ok(())
-        })
-        .await
+        let (hash, binding) = (*hash, binding.clone());
+        self.write(move |txn| bind_in(txn, &hash, &binding)).await
     }
 
     async fn cert_binding(&self, hash: &CertHash) -> StoreResult<Option<CertBinding>> {
@@ -182,14 +178,8 @@ impl IdentityStore for RedbStore {
 
     async fn link_renewal(&self, old: &CertHash, new: &CertHash) -> StoreResult<()> {
         let (old, new) = (*old, *new);
-        self.write(move |txn| {
-            txn.open_table(CERT_RENEWAL)
-                .map_err(backend)?
-                .insert(new.0.as_slice(), old.0.as_slice())
-                .map_err(backend)?;
-            Ok(())
-        })
-        .await
+        self.write(move |txn| link_renewal_in(txn, &old, &new))
+            .await
     }
 
     async fn renewed_from(&self, new: &CertHash) -> StoreResult<Option<CertHash>> {
@@ -201,4 +191,30 @@ impl IdentityStore for RedbStore {
                 .transpose()
         })
     }
+}
+
+/// Record the binding of `hash` inside `txn` (see [`IdentityStore::bind_cert`]).
+pub(super) fn bind_in(
+    txn: &::redb::WriteTransaction,
+    hash: &CertHash,
+    binding: &CertBinding,
+) -> StoreResult<()> {
+    txn.open_table(CERT_BINDING)
+        .map_err(backend)?
+        .insert(hash.0.as_slice(), encode(binding).as_slice())
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Record that `new` renews `old` inside `txn` (see [`IdentityStore::link_renewal`]).
+pub(super) fn link_renewal_in(
+    txn: &::redb::WriteTransaction,
+    old: &CertHash,
+    new: &CertHash,
+) -> StoreResult<()> {
+    txn.open_table(CERT_RENEWAL)
+        .map_err(backend)?
+        .insert(new.0.as_slice(), old.0.as_slice())
+        .map_err(backend)?;
+    Ok(())
 }

@@ -213,6 +213,34 @@ fn challenge_key(challenge: &str) -> [u8; 32] {
     openssl::sha::sha256(challenge.as_bytes())
 }
 
+/// Use `challenge` once inside `txn` (see [`ChallengeStore::consume_challenge`]).
+pub(super) fn consume_in(
+    txn: &::redb::WriteTransaction,
+    challenge: &str,
+    now: Timestamp,
+) -> StoreResult<ChallengeStatus> {
+    let key = challenge_key(challenge);
+    let mut t = txn.open_table(CHALLENGES).map_err(backend)?;
+    let state: Option<ChallengeState> = t
+        .get(key.as_slice())
+        .map_err(backend)?
+        .map(|v| decode("SCEP challenge", v.value()))
+        .transpose()?;
+    let Some(mut state) = state else {
+        return Ok(ChallengeStatus::Unknown);
+    };
+    if state.used_at.is_some() {
+        return Ok(ChallengeStatus::AlreadyUsed);
+    }
+    if state.expires_at <= now {
+        return Ok(ChallengeStatus::Expired);
+    }
+    state.used_at = Some(now);
+    t.insert(key.as_slice(), encode(&state).as_slice())
+        .map_err(backend)?;
+    Ok(ChallengeStatus::Accepted)
+}
+
 /// Most expired challenges removed in one write transaction.
 pub(super) const PRUNE_BATCH: usize = 1000;
 
@@ -333,29 +361,9 @@ impl ChallengeStore for RedbStore {
         challenge: &str,
         now: Timestamp,
     ) -> StoreResult<ChallengeStatus> {
-        let key = challenge_key(challenge);
-        self.write(move |txn| {
-            let mut t = txn.open_table(CHALLENGES).map_err(backend)?;
-            let state: Option<ChallengeState> = t
-                .get(key.as_slice())
-                .map_err(backend)?
-                .map(|v| decode("SCEP challenge", v.value()))
-                .transpose()?;
-            let Some(mut state) = state else {
-                return Ok(ChallengeStatus::Unknown);
-            };
-            if state.used_at.is_some() {
-                return Ok(ChallengeStatus::AlreadyUsed);
-            }
-            if state.expires_at <= now {
-                return Ok(ChallengeStatus::Expired);
-            }
-            state.used_at = Some(now);
-            t.insert(key.as_slice(), encode(&state).as_slice())
-                .map_err(backend)?;
-            Ok(ChallengeStatus::Accepted)
-        })
-        .await
+        let challenge = challenge.to_owned();
+        self.write(move |txn| consume_in(txn, &challenge, now))
+            .await
     }
 
     async fn prune_challenges(&self, before: Timestamp) -> StoreResult<u64> {

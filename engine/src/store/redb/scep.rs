@@ -6,7 +6,10 @@ use async_trait::async_trait;
 
 use super::tables::{SCEP_ISSUED, SCEP_ISSUED_EXPIRY};
 use super::{RedbStore, backend, decode, encode};
-use crate::store::{ScepIssue, ScepTransactionStore, StoreResult, Timestamp};
+use crate::store::{
+    ChallengeStatus, Emit, Event, ScepIssuance, ScepIssue, ScepTransactionStore, StoreResult,
+    Timestamp,
+};
 
 /// Most records returned for one transaction ID.
 const MAX_PER_TRANSACTION: usize = 8;
@@ -19,28 +22,32 @@ fn unix_ms(t: Timestamp) -> i64 {
 impl ScepTransactionStore for RedbStore {
     async fn put_scep_issue(&self, issue: &ScepIssue) -> StoreResult<()> {
         let issue = issue.clone();
+        self.write(move |txn| put_issue_in(txn, &issue)).await
+    }
+
+    async fn record_issuance(
+        &self,
+        issuance: &ScepIssuance,
+        now: Timestamp,
+        emit: Emit<()>,
+    ) -> StoreResult<(ChallengeStatus, Vec<Event>)> {
+        let r = issuance.clone();
         self.write(move |txn| {
-            let key = (
-                issue.transaction_id.as_str(),
-                issue.csr_key_sha256.as_slice(),
-            );
-            let mut t = txn.open_table(SCEP_ISSUED).map_err(backend)?;
-            let mut expiry = txn.open_table(SCEP_ISSUED_EXPIRY).map_err(backend)?;
-            let previous: Option<ScepIssue> = t
-                .get(key)
-                .map_err(backend)?
-                .map(|v| decode("SCEP transaction", v.value()))
-                .transpose()?;
-            if let Some(p) = previous {
-                expiry
-                    .remove((unix_ms(p.expires_at), key.0, key.1))
-                    .map_err(backend)?;
+            if let Some(challenge) = &r.challenge {
+                let status = super::misc::consume_in(txn, challenge, now)?;
+                if status != ChallengeStatus::Accepted {
+                    return Ok((status, Vec::new()));
+                }
             }
-            t.insert(key, encode(&issue).as_slice()).map_err(backend)?;
-            expiry
-                .insert((unix_ms(issue.expires_at), key.0, key.1), ())
-                .map_err(backend)?;
-            Ok(())
+            if let Some(old) = &r.renewal_of {
+                super::identity::link_renewal_in(txn, old, &r.certificate)?;
+            }
+            if let Some(b) = &r.binding {
+                super::identity::bind_in(txn, &r.certificate, b)?;
+            }
+            put_issue_in(txn, &r.issue)?;
+            let events = super::misc::append_in(txn, &emit.build(&()), now)?;
+            Ok((ChallengeStatus::Accepted, events))
         })
         .await
     }
@@ -94,4 +101,29 @@ impl ScepTransactionStore for RedbStore {
         })
         .await
     }
+}
+
+/// Remember (or replace) `issue` inside `txn` (see [`ScepTransactionStore::put_scep_issue`]).
+fn put_issue_in(txn: &::redb::WriteTransaction, issue: &ScepIssue) -> StoreResult<()> {
+    let key = (
+        issue.transaction_id.as_str(),
+        issue.csr_key_sha256.as_slice(),
+    );
+    let mut t = txn.open_table(SCEP_ISSUED).map_err(backend)?;
+    let mut expiry = txn.open_table(SCEP_ISSUED_EXPIRY).map_err(backend)?;
+    let previous: Option<ScepIssue> = t
+        .get(key)
+        .map_err(backend)?
+        .map(|v| decode("SCEP transaction", v.value()))
+        .transpose()?;
+    if let Some(p) = previous {
+        expiry
+            .remove((unix_ms(p.expires_at), key.0, key.1))
+            .map_err(backend)?;
+    }
+    t.insert(key, encode(issue).as_slice()).map_err(backend)?;
+    expiry
+        .insert((unix_ms(issue.expires_at), key.0, key.1), ())
+        .map_err(backend)?;
+    Ok(())
 }

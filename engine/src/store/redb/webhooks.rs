@@ -101,15 +101,17 @@ impl WebhookStore for RedbStore {
         .await
     }
 
-    async fn save_webhook_delivery(
+    async fn save_webhook_delivery_emitting(
         &self,
         name: &str,
         revision: u64,
         delivery: &WebhookDelivery,
-    ) -> StoreResult<bool> {
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)> {
         let name = name.to_owned();
         let delivery = delivery.clone();
-        self.write(move |txn| {
+        let now = time::OffsetDateTime::now_utc();
+        self.write_emitting(emit, now, move |txn| {
             let Some(mut s) = load(txn, &name)? else {
                 return Ok(false);
             };
