@@ -20,6 +20,7 @@ use serde_json::json;
 use super::cert_cache::{CertCache, ParsedCert};
 use super::status::device_status;
 use crate::engine::EngineInner;
+use crate::mdm::identity::PinnedTo;
 use crate::mdm::{CheckinResponse, Identity, IdentityError, IdentitySource, MdmError, Request};
 use crate::wire::checkin::CheckinMessage;
 use crate::wire::client_cert;
@@ -201,22 +202,18 @@ async fn setup_status(
         }
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    let owner = match inner.store.cert_owner(&identity.hash).await {
-        Ok(Some(id)) => id,
-        Ok(None) => {
+    // The owner table also remembers retired certificates (replaced by a renewal or a
+    // re-enrollment): only the currently pinned one may read the setup.
+    let owner = match inner.identity.pinned_to(&identity.hash).await {
+        Ok(PinnedTo::Enrollment(id)) => id,
+        Ok(PinnedTo::Nothing) => {
             return (
                 StatusCode::FORBIDDEN,
                 "this certificate is not pinned to an enrollment",
             )
                 .into_response();
         }
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    };
-    // The owner table also remembers retired certificates (replaced by a renewal or a
-    // re-enrollment): only the currently pinned one may read the setup.
-    match inner.store.pinned_cert(&owner).await {
-        Ok(Some(pinned)) if pinned == identity.hash => {}
-        Ok(_) => {
+        Ok(PinnedTo::Retired) => {
             return (
                 StatusCode::FORBIDDEN,
                 "this certificate was replaced and is retired",
@@ -224,7 +221,7 @@ async fn setup_status(
                 .into_response();
         }
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    }
+    };
     match inner.store.setup(owner.as_str()).await {
         Ok(Some(s)) => {
             let (state, detail) = match &s.state {

@@ -201,7 +201,7 @@ async fn a_bootstrap_token_copied_to_another_enrollment_does_not_open() {
     let CheckinResponse::Plist(body) = got else {
         panic!("A gets its token back: {got:?}")
     };
-    let v = plist::Value::from_reader(std::io::Cursor::new(&body)).unwrap();
+    let v = crate::wire::bounded_plist::decode(&body, &Default::default()).unwrap();
     assert_eq!(
         v.as_dictionary().unwrap()["BootstrapToken"].as_data(),
         Some(&b"token-of-A"[..])

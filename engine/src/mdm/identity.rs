@@ -421,6 +421,17 @@ pub const APPROVAL_TTL_SECS: u64 = 24 * 3600;
 pub const APPROVAL_MAX_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Admin decisions about device identities.
+/// What a presented certificate is pinned to (see [`IdentityService::pinned_to`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinnedTo {
+    /// No enrollment has used it.
+    Nothing,
+    /// It was pinned once, then replaced by a renewal or a re-enrollment.
+    Retired,
+    /// The enrollment it is currently pinned to.
+    Enrollment(EnrollmentId),
+}
+
 pub struct IdentityService {
     enrollments: Arc<dyn EnrollmentStore>,
     store: Arc<dyn IdentityStore>,
@@ -439,6 +450,18 @@ impl IdentityService {
             store,
             outbox,
         }
+    }
+
+    /// The enrollment `hash` is currently pinned to. A certificate the owner table remembers but
+    /// that a renewal or re-enrollment replaced is [`PinnedTo::Retired`].
+    pub async fn pinned_to(&self, hash: &CertHash) -> Result<PinnedTo, StoreError> {
+        let Some(owner) = self.store.cert_owner(hash).await? else {
+            return Ok(PinnedTo::Nothing);
+        };
+        Ok(match self.store.pinned_cert(&owner).await? {
+            Some(pinned) if pinned == *hash => PinnedTo::Enrollment(owner),
+            _ => PinnedTo::Retired,
+        })
     }
 
     /// Allow the next `Authenticate` of device enrollment `id` with a new certificate, once,

@@ -173,6 +173,38 @@ impl<'a> Mode<'a> {
     }
 }
 
+/// The answer kept for `question` in `list`; when deciding and there is none, `ask` it now and
+/// keep the answer. Applying never asks: a question not decided before is
+/// [`PassError::Undecided`].
+async fn recall_or_ask<Q, A, Fut>(
+    mode: Mode<'_>,
+    question: Q,
+    list: fn(&mut Answers) -> &mut Vec<(Q, A)>,
+    ask: impl FnOnce(Q) -> Fut,
+) -> Result<A, PassError>
+where
+    Q: PartialEq + Clone,
+    A: Clone,
+    Fut: std::future::Future<Output = A>,
+{
+    let known = {
+        let mut answers = mode.answers().lock().expect("answers");
+        list(&mut answers)
+            .iter()
+            .find(|(q, _)| *q == question)
+            .map(|(_, a)| a.clone())
+    };
+    match (known, mode) {
+        (Some(a), _) => Ok(a),
+        (None, Mode::Apply(_)) => Err(PassError::Undecided),
+        (None, Mode::Decide(answers)) => {
+            let a = ask(question.clone()).await;
+            list(&mut answers.lock().expect("answers")).push((question, a.clone()));
+            Ok(a)
+        }
+    }
+}
+
 /// A `release` answer decided for a setup, before the lock.
 struct ReleaseAnswer {
     decided: Decided<ReleaseDecision>,
@@ -500,28 +532,13 @@ impl SetupService {
         mode: Mode<'_>,
         question: PlaceQuestion,
     ) -> Result<Option<Decided<PlaceDecision>>, PassError> {
-        let known = {
-            let answers = mode.answers().lock().expect("answers");
-            answers
-                .place
-                .iter()
-                .find(|(q, _)| *q == question)
-                .map(|(_, a)| a.clone())
-        };
-        match (known, mode) {
-            (Some(a), _) => Ok(a),
-            (None, Mode::Apply(_)) => Err(PassError::Undecided),
-            (None, Mode::Decide(answers)) => {
-                let (device, default) = question.clone();
-                let a = self.chain.place(&device, || default).await;
-                answers
-                    .lock()
-                    .expect("answers")
-                    .place
-                    .push((question, a.clone()));
-                Ok(a)
-            }
-        }
+        recall_or_ask(
+            mode,
+            question,
+            |a| &mut a.place,
+            |(device, default)| async move { self.chain.place(&device, || default).await },
+        )
+        .await
     }
 
     /// The `setup-steps` answer for `question`: asked now when deciding, else one decided
@@ -531,28 +548,13 @@ impl SetupService {
         mode: Mode<'_>,
         question: StepsQuestion,
     ) -> Result<Decided<Vec<Step>>, PassError> {
-        let known = {
-            let answers = mode.answers().lock().expect("answers");
-            answers
-                .steps
-                .iter()
-                .find(|(q, _)| *q == question)
-                .map(|(_, a)| a.clone())
-        };
-        match (known, mode) {
-            (Some(a), _) => Ok(a),
-            (None, Mode::Apply(_)) => Err(PassError::Undecided),
-            (None, Mode::Decide(answers)) => {
-                let (device, default) = question.clone();
-                let a = self.chain.setup_steps(&device, || default).await;
-                answers
-                    .lock()
-                    .expect("answers")
-                    .steps
-                    .push((question, a.clone()));
-                Ok(a)
-            }
-        }
+        recall_or_ask(
+            mode,
+            question,
+            |a| &mut a.steps,
+            |(device, default)| async move { self.chain.setup_steps(&device, || default).await },
+        )
+        .await
     }
 
     async fn commit(&self, write: LifecycleWrite) -> Result<(), StoreError> {
