@@ -27,8 +27,6 @@ pub mod push;
 pub mod scep;
 pub mod seal;
 pub mod setup;
-#[cfg(feature = "sim")]
-pub mod sim;
 pub mod store;
 pub mod teams;
 pub mod webhooks;

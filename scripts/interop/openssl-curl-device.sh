@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-cargo build -q -p pomona --bin pomona
+cargo build -q -p pomona-cli --bin pomona
 bin=target/debug/pomona
 work=$(mktemp -d)
 trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -9,7 +9,7 @@
 #     GetCACert, so it is given the CA with `-N` (as its manual advises for troubleshooting).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build -q -p pomona --bin pomona
+cargo build -q -p pomona-cli --bin pomona
 bin="$PWD/target/debug/pomona"
 scep_submit=/usr/lib/certmonger/scep-submit
 work=$(mktemp -d)

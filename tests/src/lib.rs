@@ -18,5 +18,5 @@ pub mod api;
 pub mod loadgen;
 pub mod server;
 
-// The simulators live in the engine (`pomona::sim`, also used by `pomona demo`).
-pub use pomona::sim::{abm, apns, device, enroll, scep};
+// The simulators are their own crate (`pomona-sim`, also used by `pomona demo`).
+pub use pomona_sim::{abm, apns, device, enroll, scep};

@@ -105,7 +105,7 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     if !path.exists() {
         bail!(
-            "{} not found: build it first (cargo build -p pomona)",
+            "{} not found: build it first (cargo build -p pomona-cli)",
             path.display()
         );
     }
@@ -118,8 +118,8 @@ pub struct ServeCa {
     /// The CA (issue device identities with it).
     pub ca: pomona::ca::CertificateAuthority,
     /// A test device CA the process trusts for signed MachineInfo (enroll devices with
-    /// [`pomona::sim::enroll::enroll_automated`]).
-    pub device_ca: pomona::sim::enroll::TestDeviceCa,
+    /// [`pomona_sim::enroll::enroll_automated`]).
+    pub device_ca: pomona_sim::enroll::TestDeviceCa,
     cert: String,
     key: String,
     device_ca_file: String,
@@ -132,7 +132,7 @@ impl ServeCa {
         let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
         std::fs::write(&cert, ca.certificate().to_pem()?)?;
         std::fs::write(&key, ca.private_key().private_key_to_pem_pkcs8()?)?;
-        let device_ca = pomona::sim::enroll::TestDeviceCa::new()?;
+        let device_ca = pomona_sim::enroll::TestDeviceCa::new()?;
         let device_ca_file = dir.join("device-ca.pem");
         std::fs::write(&device_ca_file, device_ca.trust_pem()?)?;
         let text = |p: PathBuf| p.to_str().map(str::to_owned).context("non-UTF-8 temp path");

@@ -271,10 +271,9 @@ mod tests {
     use super::*;
 
     /// A server (or proxy) that accepts TCP and never speaks must not hold a push for ever.
-    #[cfg(feature = "sim")]
     #[tokio::test]
     async fn a_stalled_handshake_fails_the_push() {
-        let pki = crate::sim::apns::ApnsTestPki::new().unwrap();
+        let pki = pomona_sim::apns::ApnsTestPki::new().unwrap();
         let cert = PushCertificate::from_pem(
             &pki.push_certificate("com.apple.mgmt.External.stall", 30)
                 .unwrap(),

@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::wire::dep::{self, AssignRequest, CursorRequest, Device, OAuthToken, Profile};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use pomona::wire::dep::{self, AssignRequest, CursorRequest, Device, OAuthToken, Profile};
 use serde_json::json;
 
 /// Faults to inject.

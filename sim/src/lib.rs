@@ -7,7 +7,7 @@
 //! mutual TLS ([`apns::FakeApns`]).
 //!
 //! This is tooling, not part of the engine's protocol surface: its functions return
-//! [`anyhow::Result`], and it can be left out with `default-features = false` (feature `sim`).
+//! [`anyhow::Result`]. It is its own crate, so an embedder of `pomona` never compiles it.
 
 pub mod abm;
 pub mod apns;

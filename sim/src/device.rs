@@ -1,7 +1,5 @@
 //! A simulated Apple device.
 
-use crate::ca::CertificateAuthority;
-use crate::wire::cms::{SignatureStyle, sign_detached};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -9,6 +7,8 @@ use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::x509::{X509, X509Name};
 use plist::{Dictionary, Value};
+use pomona::ca::CertificateAuthority;
+use pomona::wire::cms::{SignatureStyle, sign_detached};
 
 /// A device's identity: its key and certificate.
 #[derive(Clone)]
@@ -353,7 +353,7 @@ impl Device {
         let mut d = self.base(Some("TokenUpdate"));
         d.insert(
             "UserID".into(),
-            crate::wire::enrollment_id::SHARED_IPAD_USER_ID.into(),
+            pomona::wire::enrollment_id::SHARED_IPAD_USER_ID.into(),
         );
         d.insert("UserShortName".into(), short_name.into());
         d.insert("Token".into(), Value::Data(vec![7; 32]));
@@ -374,7 +374,7 @@ impl Device {
         let mut d = self.base(None);
         d.insert(
             "UserID".into(),
-            crate::wire::enrollment_id::SHARED_IPAD_USER_ID.into(),
+            pomona::wire::enrollment_id::SHARED_IPAD_USER_ID.into(),
         );
         d.insert("UserShortName".into(), short_name.into());
         match uuid {

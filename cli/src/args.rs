@@ -1,18 +1,10 @@
-//! The `pomona` command line.
-
-pub mod client;
-pub mod demo;
-pub mod dep;
-pub mod device;
-pub mod plugin;
-pub mod profile;
-pub mod push;
-pub mod serve;
-pub mod team;
+//! The command line's arguments and logging set-up.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use crate::{client, demo, dep, device, plugin, profile, push, team};
 
 /// Pomona: an embeddable, plugin-scriptable Apple MDM engine.
 #[derive(Debug, Parser)]

@@ -1,12 +1,12 @@
 //! A SCEP client, as a device runs it during enrollment.
 
-use crate::wire::scep::{
-    CertRep, ContentCipher, Digest, MessageType, build_csr, build_request, self_signed_requester,
-};
 use anyhow::{Context as _, bail};
 use openssl::pkey::PKey;
 use openssl::rsa::Rsa;
 use openssl::x509::{X509, X509Name};
+use pomona::wire::scep::{
+    CertRep, ContentCipher, Digest, MessageType, build_csr, build_request, self_signed_requester,
+};
 
 use super::device::DeviceIdentity;
 

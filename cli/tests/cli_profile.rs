@@ -5,7 +5,10 @@ mod common;
 use std::process::Output;
 
 const KEY: &str = "pomona-cli-profile-test-key-0123";
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/profiles");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../engine/tests/fixtures/profiles"
+);
 
 async fn pomona(url: &str, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_pomona"))

@@ -1,7 +1,6 @@
 //! Enrolling the way a Mac does: download the profile (or present signed MachineInfo), run SCEP
 //! with the profile's challenge, then talk to the profile's URLs.
 
-use crate::wire::machine_info::{MachineInfo, sign_machine_info};
 use anyhow::{Context as _, bail};
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -14,6 +13,7 @@ use openssl::x509::extension::BasicConstraints;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509, X509Name};
 use plist::Value;
+use pomona::wire::machine_info::{MachineInfo, sign_machine_info};
 
 use super::device::Device;
 

@@ -21,25 +21,25 @@ use pomona::enroll::EnrollOptions;
 use pomona::push::apns::ApnsOptions;
 use pomona::push::client::ApnsEndpoint;
 use pomona::setup::SetupOptions;
-use pomona::sim::abm::FakeAbm;
-use pomona::sim::apns::{ApnsTestPki, FakeApns};
-use pomona::sim::enroll::{TestDeviceCa, enroll_automated_as};
 use pomona::store::Event;
 use pomona::teams::TeamSpec;
 use pomona::wire::apns::PushCertificate;
 use pomona::wire::dep::Profile as DepProfile;
 use pomona::wire::machine_info::{DeviceTrust, MachineInfo};
+use pomona_sim::abm::FakeAbm;
+use pomona_sim::apns::{ApnsTestPki, FakeApns};
+use pomona_sim::enroll::{TestDeviceCa, enroll_automated_as};
 
 const TOPIC: &str = "com.apple.mgmt.External.pomona-demo";
 const SERVER: &str = "demo";
 
-const AUTO_ASSIGN: &[u8] = include_bytes!("../../../plugins/dist/auto-assign-rules.wasm");
-const PLACE: &str = include_str!("../../../plugins/place-by-model/place-by-model.lua");
-const SETUP: &str = include_str!("../../../plugins/setup-basic/setup-basic.lua");
-const RELEASE: &str = include_str!("../../../plugins/release-when-done/release-when-done.lua");
-const WIFI: &[u8] = include_bytes!("../../tests/fixtures/profiles/wifi.mobileconfig");
+const AUTO_ASSIGN: &[u8] = include_bytes!("../../plugins/dist/auto-assign-rules.wasm");
+const PLACE: &str = include_str!("../../plugins/place-by-model/place-by-model.lua");
+const SETUP: &str = include_str!("../../plugins/setup-basic/setup-basic.lua");
+const RELEASE: &str = include_str!("../../plugins/release-when-done/release-when-done.lua");
+const WIFI: &[u8] = include_bytes!("../../engine/tests/fixtures/profiles/wifi.mobileconfig");
 const RESTRICTIONS: &[u8] =
-    include_bytes!("../../tests/fixtures/profiles/restrictions.mobileconfig");
+    include_bytes!("../../engine/tests/fixtures/profiles/restrictions.mobileconfig");
 
 /// RSA keys the simulated Macs share.
 const KEYS: usize = 8;

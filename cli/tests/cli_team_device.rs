@@ -6,7 +6,7 @@ mod common;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use pomona::sim::device::{Device, DeviceIdentity};
+use pomona_sim::device::{Device, DeviceIdentity};
 use serde_json::{Value, json};
 
 const KEY: &str = "pomona-cli-team-device-test-key-0123";

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use super::ServeArgs;
+use crate::args::ServeArgs;
 use pomona::config::Config;
 use pomona::http::server::{serve_with, tls_acceptor};
 use pomona::{Engine, EngineBuilder};
