@@ -34,4 +34,4 @@ pub mod teams;
 pub mod webhooks;
 pub mod wire;
 
-pub use engine::{Engine, EngineBuilder, EngineError};
+pub use engine::{Engine, EngineBuilder, EngineError, Retention};
