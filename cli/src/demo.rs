@@ -119,7 +119,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         builder = builder.store(Arc::new(store)).seal_key(seal);
     }
     let engine = builder
-        .api_key(&api_key)
         .public_url(&url)
         .enroll_options(enroll)
         .dep_options(DepOptions::new(&url))
@@ -143,7 +142,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(pomona::http::server::serve(
         listener,
-        engine.router(),
+        pomona::http::Routes::new(&engine, pomona::http::HttpOptions::new().api_key(&api_key))
+            .router(),
         None,
         async {
             let _ = stopped.await;

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use crate::args::ServeArgs;
 use pomona::config::Config;
 use pomona::http::server::{serve_with, tls_acceptor};
+use pomona::http::{HttpOptions, Routes};
 use pomona::{Engine, EngineBuilder};
 
 /// Load the configuration: file, then `POMONA_*` variables, then flags.
@@ -68,6 +69,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     pomona::fsutil::private_dir(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     resolve_api_key(&mut config)?;
+    let http = HttpOptions::from_config(&config)?;
     let engine: Engine = EngineBuilder::from_config(&config)?.build().await?;
     let tls = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
@@ -87,7 +89,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     print_ready(&listener, scheme, &config.data_dir);
     serve_with(
         listener,
-        engine.router(),
+        Routes::new(&engine, http).router(),
         tls,
         config.listener.options(),
         shutdown_signal(),

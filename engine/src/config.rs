@@ -5,10 +5,23 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ca::{CaOptions, CertificateAuthority};
+use crate::engine::defaults;
+use crate::enroll::{EnrollOptions, SigningIdentity};
+use crate::http::HttpOptions;
+use crate::http::client_addr::TrustedProxies;
 use crate::mdm::{RenewalPolicy, UserAuthenticatePolicy};
+use crate::push::apns::ApnsOptions;
+use crate::scep::ScepOptions;
+use crate::seal::SealKey;
+use crate::setup::SetupOptions;
+use crate::store::redb::RedbStore;
+use crate::wire::machine_info::DeviceTrust;
+use crate::{EngineBuilder, EngineError, Retention};
 
 /// Errors reading configuration.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +101,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("pomona-data"),
             listen: "127.0.0.1:9000".parse().expect("valid literal"),
-            public_url: "http://127.0.0.1:9000".into(),
+            public_url: defaults::PUBLIC_URL.into(),
             api: ApiConfig::default(),
             seal: SealConfig::default(),
             tls: TlsConfig::default(),
@@ -144,7 +157,6 @@ impl Default for ListenerConfig {
 impl ListenerConfig {
     /// The listener options these settings describe.
     pub fn options(&self) -> crate::http::server::ListenerOptions {
-        use std::time::Duration;
         crate::http::server::ListenerOptions {
             max_connections: self.max_connections,
             tls_handshake_timeout: Duration::from_secs(self.tls_handshake_timeout_secs),
@@ -388,8 +400,8 @@ impl Default for MdmConfig {
     fn default() -> Self {
         Self {
             user_authenticate: UserAuthenticatePolicy::Decline,
-            max_body_bytes: 8 * 1024 * 1024,
-            max_queue_len: 1000,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            max_queue_len: defaults::MAX_QUEUE_LEN,
         }
     }
 }
@@ -406,10 +418,18 @@ pub struct RetentionConfig {
 
 impl Default for RetentionConfig {
     fn default() -> Self {
+        let r = Retention::default();
         Self {
-            command_days: 30,
-            event_days: 30,
+            command_days: r.command_days,
+            event_days: r.event_days,
         }
+    }
+}
+
+impl RetentionConfig {
+    /// The engine's retention these settings describe.
+    pub fn retention(&self) -> Retention {
+        Retention::new(self.command_days, self.event_days)
     }
 }
 
@@ -517,7 +537,7 @@ impl Config {
             return bad("api.key", "must be at least 16 characters");
         }
         if let Some(list) = &self.identity.trusted_proxies {
-            if let Err(e) = crate::http::client_addr::TrustedProxies::parse(list) {
+            if let Err(e) = TrustedProxies::parse(list) {
                 return Err(ConfigError::Env {
                     var: "identity.trusted_proxies",
                     message: e.to_string(),
@@ -559,6 +579,182 @@ impl Config {
             return bad("plist_limits", &message);
         }
         Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, EngineError> {
+    std::fs::read(path).map_err(|source| EngineError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn certificates(path: &Path) -> Result<Vec<openssl::x509::X509>, EngineError> {
+    openssl::x509::X509::stack_from_pem(&read(path)?).map_err(|source| {
+        EngineError::CertificateFile {
+            path: path.display().to_string(),
+            source,
+        }
+    })
+}
+
+/// Enrollment options from the `[enroll]` section (reads the files it names).
+fn enroll_options(config: &Config) -> Result<EnrollOptions, EngineError> {
+    let e = &config.enroll;
+    let mut o = EnrollOptions::new(&config.public_url);
+    o.topic = e.topic.clone();
+    o.token = e.token.clone();
+    o.organization = e.organization.clone();
+    o.min_os_version = e.min_os_version.clone();
+    o.min_build_version = e.min_build_version.clone();
+    if let Some(n) = &e.display_name {
+        o.display_name = n.clone();
+    }
+    if let Some(i) = &e.identifier {
+        o.identifier = i.clone();
+    }
+    if let Some(f) = &e.device_ca_file {
+        o.device_trust =
+            DeviceTrust::from_pem_bundle(&read(f)?).map_err(|source| EngineError::DeviceTrust {
+                path: f.display().to_string(),
+                source,
+            })?;
+    }
+    for f in &e.trust_anchor_files {
+        for c in certificates(f)? {
+            o.trust_anchors_der.push(c.to_der().map_err(|source| {
+                EngineError::CertificateFile {
+                    path: f.display().to_string(),
+                    source,
+                }
+            })?);
+        }
+    }
+    if let (Some(cf), Some(kf)) = (&e.signing_cert_file, &e.signing_key_file) {
+        let mut certs = certificates(cf)?;
+        if certs.is_empty() {
+            return Err(EngineError::InvalidSetting {
+                name: "enroll.signing_cert_file",
+                reason: format!("{}: no certificate", cf.display()),
+            });
+        }
+        let cert = certs.remove(0);
+        let key = openssl::pkey::PKey::private_key_from_pem(&read(kf)?).map_err(|source| {
+            EngineError::KeyFile {
+                path: kf.display().to_string(),
+                source,
+            }
+        })?;
+        o.signing = Some(SigningIdentity {
+            cert,
+            key,
+            chain: certs,
+        });
+    }
+    Ok(o)
+}
+
+impl EngineBuilder {
+    /// A builder configured from a [`Config`]: opens `<data_dir>/pomona.redb`, uses the seal key
+    /// from the config or `<data_dir>/seal.key` (created if missing), and imports the CA files
+    /// if configured. HTTP settings (API key, proxies, rate limits) are
+    /// [`HttpOptions::from_config`]'s.
+    pub fn from_config(config: &Config) -> Result<Self, EngineError> {
+        crate::fsutil::private_dir(&config.data_dir).map_err(|source| EngineError::Io {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let db_path = config.data_dir.join("pomona.redb");
+        crate::fsutil::tighten(&db_path, crate::fsutil::FILE_MODE).map_err(|source| {
+            EngineError::Io {
+                path: db_path.display().to_string(),
+                source,
+            }
+        })?;
+        let seal = match &config.seal.key {
+            Some(hex) => SealKey::from_hex(hex)?,
+            None => SealKey::load_or_create(&config.data_dir.join("seal.key"))?,
+        };
+        let store = RedbStore::open(&db_path, &seal)?;
+        let mut b = Self::default()
+            .store(std::sync::Arc::new(store))
+            .seal_key(seal)
+            .public_url(&config.public_url)
+            .renewal_policy(config.identity.renewal)
+            .user_authenticate(config.mdm.user_authenticate)
+            .max_body_bytes(config.mdm.max_body_bytes)
+            .max_queue_len(config.mdm.max_queue_len)
+            .retention(config.retention.retention())
+            .scep_options(ScepOptions {
+                static_challenge: config.scep.challenge.clone(),
+                validity_days: config.ca.device_cert_validity_days,
+                challenge_ttl_secs: config.scep.challenge_ttl_secs,
+            })
+            .ca_options(CaOptions {
+                key_bits: config.ca.key_bits,
+                validity_days: config.ca.validity_days,
+                ..CaOptions::default()
+            });
+        if let (Some(cert), Some(key)) = (&config.ca.cert_file, &config.ca.key_file) {
+            b = b.ca(CertificateAuthority::from_pem(&read(cert)?, &read(key)?)?);
+        }
+        b = b.enroll_options(enroll_options(config)?);
+        let mut apns = ApnsOptions::default();
+        apns.endpoint.base_url = config.apns.base_url.clone();
+        apns.endpoint.connections = config.apns.connections;
+        apns.endpoint.connect_timeout = Duration::from_secs(config.apns.connect_timeout_secs);
+        apns.endpoint.handshake_timeout = Duration::from_secs(config.apns.handshake_timeout_secs);
+        apns.endpoint.timeout = Duration::from_secs(config.apns.request_timeout_secs);
+        apns.rearm_after = Duration::from_secs(config.apns.rearm_after_secs);
+        if let Some(f) = &config.apns.extra_ca_file {
+            apns.endpoint.extra_ca =
+                Some(openssl::x509::X509::from_pem(&read(f)?).map_err(|source| {
+                    EngineError::CertificateFile {
+                        path: f.display().to_string(),
+                        source,
+                    }
+                })?);
+        }
+        b = b
+            .apns_options(apns)
+            .plugin_limits(config.plugin_limits)
+            .plist_limits(config.plist_limits)
+            .setup_options(SetupOptions {
+                release_timeout: Duration::from_secs(config.setup.release_timeout_secs),
+                ..SetupOptions::default()
+            });
+        // Relative plugin paths in a config file are relative to the working directory.
+        for p in &config.plugins {
+            b = b.plugin(p.clone());
+        }
+        Ok(b)
+    }
+}
+
+impl HttpOptions {
+    /// The HTTP adapter's settings from a [`Config`]: the API key (`config.api.key` as is), the
+    /// client-certificate header and trusted proxies (`[identity]`) and the rate limits
+    /// (`[rate_limit]`, on by default).
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let mut o = HttpOptions::new().rate_limits(config.rate_limit.options());
+        if let Some(key) = &config.api.key {
+            o = o.api_key(key);
+        }
+        if let Some(h) = &config.identity.client_cert_header {
+            let name = http::HeaderName::try_from(h.as_str()).map_err(|_| ConfigError::Env {
+                var: "identity.client_cert_header",
+                message: format!("{h:?} is not a header name"),
+            })?;
+            o = o.client_cert_header(name);
+        }
+        if let Some(list) = &config.identity.trusted_proxies {
+            let proxies = TrustedProxies::parse(list).map_err(|e| ConfigError::Env {
+                var: "identity.trusted_proxies",
+                message: e.to_string(),
+            })?;
+            o = o.trusted_proxies(proxies);
+        }
+        Ok(o)
     }
 }
 
@@ -749,5 +945,47 @@ mod tests {
         );
         c.public_url = "ftp://x".into();
         assert!(c.validate().is_err());
+    }
+}
+
+#[cfg(all(test, unix))]
+mod file_mode_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::EngineBuilder;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn data_dir_is_0700_and_database_0600_also_when_they_were_open() {
+        let root = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: root.path().join("fresh"),
+            ..Config::default()
+        };
+        drop(EngineBuilder::from_config(&config).unwrap());
+        assert_eq!(mode(&config.data_dir), 0o700);
+        assert_eq!(mode(&config.data_dir.join("pomona.redb")), 0o600);
+
+        // An older data dir left readable by everyone is tightened on start.
+        let old = root.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::File::create(old.join("pomona.redb")).unwrap();
+        std::fs::set_permissions(
+            old.join("pomona.redb"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let config = Config {
+            data_dir: old.clone(),
+            ..Config::default()
+        };
+        drop(EngineBuilder::from_config(&config).unwrap());
+        assert_eq!(mode(&old), 0o700);
+        assert_eq!(mode(&old.join("pomona.redb")), 0o600);
     }
 }

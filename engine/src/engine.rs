@@ -1,20 +1,25 @@
-//! The embeddable engine: assembled in code with [`Engine::builder`], served as an axum router.
+//! The embeddable engine: assembled in code with [`Engine::builder`], served over HTTP by
+//! `pomona::http::Routes` (or by your own HTTP stack through [`Engine::device_gateway`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), pomona::EngineError> {
+//! use pomona::http::{HttpOptions, Routes};
+//!
 //! let engine = pomona::Engine::builder()
 //!     .public_url("https://mdm.example.com")
-//!     .api_key("a-long-random-admin-api-key")
 //!     .build()
 //!     .await?;
 //! // Mount the device endpoints and the admin API in your own axum app:
-//! let app = axum::Router::new().merge(engine.router());
+//! let routes = Routes::new(&engine, HttpOptions::new().api_key("a-long-random-admin-api-key"));
+//! let app = axum::Router::new().merge(routes.router());
 //! let mut events = engine.subscribe();
 //! # let _ = (app, &mut events);
 //! # Ok(()) }
 //! ```
+//!
+//! This module knows nothing of HTTP or of the configuration file: the HTTP adapter and the
+//! configuration sit above it and call in.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,38 +27,35 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::ca::{CaError, CaOptions, CertificateAuthority};
-use crate::config::{Config, RetentionConfig};
 use crate::dep::{DepOptions, DepService};
-use crate::enroll::{EnrollOptions, EnrollService, SigningIdentity};
+use crate::enroll::{EnrollOptions, EnrollService};
 use crate::events::Outbox;
 use crate::mdm::commands::Commander;
 use crate::mdm::core::TokenService;
 use crate::mdm::identity::IdentityVerifier;
 use crate::mdm::last_seen::LastSeen;
 use crate::mdm::{
-    CachedVerifier, Core, CoreOptions, IdentityService, MdmService, PinIdentity, RenewalPolicy,
-    UserAuthenticatePolicy, VerifyIdentity,
+    CachedVerifier, Core, CoreOptions, DeviceGateway, IdentityService, MdmService, PinIdentity,
+    RenewalPolicy, UserAuthenticatePolicy, VerifyIdentity,
 };
 use crate::metrics::Metrics;
-use crate::policy::registry::{DeclaredPlugin, PluginRegistry};
+use crate::policy::registry::{DeclaredPlugin, PluginRegistry, RegistryError};
 use crate::policy::{Limits, PolicyChain};
 use crate::profiles::ProfileLibrary;
 use crate::push::Pusher;
-use crate::push::apns::{ApnsOptions, ApnsPusher};
+use crate::push::apns::{ApnsOptions, ApnsPusher, PushError};
 use crate::scep::{ScepOptions, ScepService};
 use crate::seal::{SealError, SealKey};
 use crate::setup::{SetupOptions, SetupService};
 use crate::store::redb::RedbStore;
 use crate::store::{Event, Store, StoreError};
 use crate::teams::TeamService;
-use crate::webhooks::{WebhookOptions, WebhookService};
+use crate::webhooks::{WebhookError, WebhookOptions, WebhookService};
 use crate::wire::bounded_plist::PlistLimits;
-use crate::wire::machine_info::DeviceTrust;
-use openssl::pkey::PKey;
-use openssl::x509::X509;
 
 /// Errors assembling an engine.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// The store could not be opened.
     #[error(transparent)]
@@ -64,64 +66,148 @@ pub enum EngineError {
     /// The seal key is unusable.
     #[error(transparent)]
     Seal(#[from] SealError),
-    /// A file named in the configuration could not be read.
-    #[error("cannot read {path}: {source}")]
+    /// A file could not be read.
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: String,
         /// The I/O error.
+        #[source]
         source: std::io::Error,
     },
-    /// Invalid settings.
-    #[error("invalid engine settings: {0}")]
-    Invalid(String),
+    /// A certificate file could not be decoded.
+    #[error("{path}: cannot decode the certificates")]
+    CertificateFile {
+        /// The file.
+        path: String,
+        /// OpenSSL's error.
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+    /// A private-key file could not be decoded.
+    #[error("{path}: cannot decode the private key")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// OpenSSL's error.
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+    /// The device CA bundle (`enroll.device_ca_file`) is unusable.
+    #[error("{path}: unusable device CA bundle")]
+    DeviceTrust {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: crate::wire::machine_info::MachineInfoError,
+    },
+    /// The stored push certificates could not be loaded.
+    #[error("push certificates")]
+    PushCertificates(#[source] PushError),
+    /// A declared or stored policy plugin could not be loaded.
+    #[error("policy plugins")]
+    Plugins(#[source] RegistryError),
+    /// The webhook service could not start.
+    #[error("webhooks")]
+    Webhooks(#[source] WebhookError),
+    /// A setting is out of range or inconsistent.
+    #[error("invalid setting {name}: {reason}")]
+    InvalidSetting {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
-/// Settings the HTTP adapter reads.
-#[derive(Debug, Clone)]
-pub(crate) struct HttpSettings {
-    pub api_key: Option<String>,
-    pub client_cert_header: Option<http::HeaderName>,
-    pub max_body_bytes: usize,
-    /// Peers whose client-certificate and `X-Forwarded-For` headers are believed.
-    pub trusted_proxies: crate::http::client_addr::TrustedProxies,
-    /// Limits on device plists (check-ins and command reports).
-    pub plist_limits: PlistLimits,
+/// How long finished work is kept before the background collector removes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retention {
+    /// Days a finished command and its results are kept.
+    pub command_days: u32,
+    /// Days an event is kept in the outbox.
+    pub event_days: u32,
 }
 
-/// Everything the adapters share.
-pub(crate) struct EngineInner {
-    pub store: Arc<dyn Store>,
-    pub ca: Arc<CertificateAuthority>,
-    pub outbox: Outbox,
-    pub mdm: Arc<dyn MdmService>,
-    pub verifier: Arc<CachedVerifier>,
-    pub identity: IdentityService,
+impl Retention {
+    /// Keep finished commands `command_days` and events `event_days` days.
+    pub fn new(command_days: u32, event_days: u32) -> Self {
+        Self {
+            command_days,
+            event_days,
+        }
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self::new(30, 30)
+    }
+}
+
+/// Engine defaults that the configuration file shares.
+pub(crate) mod defaults {
+    /// The URL devices reach the engine at, unless told otherwise.
+    pub const PUBLIC_URL: &str = "http://127.0.0.1:9000";
+    /// Largest accepted device request body, in bytes.
+    pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+    /// Most commands queued for one enrollment.
+    pub const MAX_QUEUE_LEN: usize = 1000;
+}
+
+/// Everything the engine holds. Private: adapters see [`Services`].
+struct EngineInner {
+    store: Arc<dyn Store>,
+    ca: Arc<CertificateAuthority>,
+    outbox: Outbox,
+    mdm: Arc<dyn MdmService>,
+    gateway: Arc<DeviceGateway>,
+    identity: Arc<IdentityService>,
+    commander: Arc<Commander>,
+    scep: Arc<ScepService>,
+    enroll: Arc<EnrollService>,
+    dep: Arc<DepService>,
+    teams: Arc<TeamService>,
+    setup: Arc<SetupService>,
+    plugins: Arc<PluginRegistry>,
+    profiles: Arc<ProfileLibrary>,
+    webhooks: Arc<WebhookService>,
+    pusher: Arc<dyn Pusher>,
+    apns: Arc<ApnsPusher>,
+    metrics: Arc<Metrics>,
+    last_seen: Arc<LastSeen>,
+    public_url: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The services an adapter (the HTTP adapter) calls: handles onto the engine's services, never
+/// the store.
+#[derive(Clone)]
+pub(crate) struct Services {
+    pub gateway: Arc<DeviceGateway>,
+    pub identity: Arc<IdentityService>,
     pub commander: Arc<Commander>,
     pub scep: Arc<ScepService>,
-    pub enroll: EnrollService,
-    pub dep: DepService,
-    pub teams: TeamService,
+    pub enroll: Arc<EnrollService>,
+    pub dep: Arc<DepService>,
+    pub teams: Arc<TeamService>,
     pub setup: Arc<SetupService>,
-    pub plugins: PluginRegistry,
+    pub plugins: Arc<PluginRegistry>,
     pub profiles: Arc<ProfileLibrary>,
-    pub webhooks: WebhookService,
+    pub webhooks: Arc<WebhookService>,
     pub pusher: Arc<dyn Pusher>,
     pub apns: Arc<ApnsPusher>,
     pub metrics: Arc<Metrics>,
-    pub last_seen: Arc<LastSeen>,
-    pub http: HttpSettings,
-    pub certs: crate::http::CertCache,
-    pub rate_limits: crate::http::RateLimits,
-    pub public_url: String,
-    shutdown: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    pub outbox: Outbox,
 }
 
 /// A running Pomona engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    pub(crate) inner: Arc<EngineInner>,
+    inner: Arc<EngineInner>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -140,16 +226,12 @@ pub struct EngineBuilder {
     seal: Option<SealKey>,
     ca: Option<CertificateAuthority>,
     ca_options: CaOptions,
-    api_key: Option<String>,
     public_url: String,
-    client_cert_header: Option<String>,
-    trusted_proxies: crate::http::client_addr::TrustedProxies,
-    rate_limits: crate::http::rate_limit::RateLimitOptions,
     renewal: RenewalPolicy,
     core: CoreOptions,
     max_body_bytes: usize,
     max_queue_len: usize,
-    retention: RetentionConfig,
+    retention: Retention,
     scep: ScepOptions,
     enroll: Option<EnrollOptions>,
     apns: ApnsOptions,
@@ -165,22 +247,17 @@ pub struct EngineBuilder {
 
 impl Default for EngineBuilder {
     fn default() -> Self {
-        let defaults = Config::default();
         Self {
             store: None,
             seal: None,
             ca: None,
             ca_options: CaOptions::default(),
-            api_key: None,
-            public_url: defaults.public_url,
-            client_cert_header: None,
-            trusted_proxies: Default::default(),
-            rate_limits: crate::http::rate_limit::RateLimitOptions::off(),
+            public_url: defaults::PUBLIC_URL.to_owned(),
             renewal: RenewalPolicy::default(),
             core: CoreOptions::default(),
-            max_body_bytes: defaults.mdm.max_body_bytes,
-            max_queue_len: defaults.mdm.max_queue_len,
-            retention: defaults.retention,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            max_queue_len: defaults::MAX_QUEUE_LEN,
+            retention: Retention::default(),
             scep: ScepOptions::default(),
             enroll: None,
             apns: ApnsOptions::default(),
@@ -191,145 +268,12 @@ impl Default for EngineBuilder {
             plugin_limits: Limits::default(),
             setup: SetupOptions::default(),
             webhooks: WebhookOptions::default(),
-            plist_limits: defaults.plist_limits,
+            plist_limits: PlistLimits::default(),
         }
     }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, EngineError> {
-    std::fs::read(path).map_err(|source| EngineError::Io {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-/// Enrollment options from the `[enroll]` section (reads the files it names).
-fn enroll_options(config: &Config) -> Result<EnrollOptions, EngineError> {
-    let e = &config.enroll;
-    let mut o = EnrollOptions::new(&config.public_url);
-    o.topic = e.topic.clone();
-    o.token = e.token.clone();
-    o.organization = e.organization.clone();
-    o.min_os_version = e.min_os_version.clone();
-    o.min_build_version = e.min_build_version.clone();
-    if let Some(n) = &e.display_name {
-        o.display_name = n.clone();
-    }
-    if let Some(i) = &e.identifier {
-        o.identifier = i.clone();
-    }
-    if let Some(f) = &e.device_ca_file {
-        o.device_trust = DeviceTrust::from_pem_bundle(&read(f)?)
-            .map_err(|err| EngineError::Invalid(format!("{}: {err}", f.display())))?;
-    }
-    for f in &e.trust_anchor_files {
-        let certs = X509::stack_from_pem(&read(f)?)
-            .map_err(|err| EngineError::Invalid(format!("{}: {err}", f.display())))?;
-        for c in certs {
-            o.trust_anchors_der.push(
-                c.to_der()
-                    .map_err(|err| EngineError::Invalid(err.to_string()))?,
-            );
-        }
-    }
-    if let (Some(cf), Some(kf)) = (&e.signing_cert_file, &e.signing_key_file) {
-        let mut certs = X509::stack_from_pem(&read(cf)?)
-            .map_err(|err| EngineError::Invalid(format!("{}: {err}", cf.display())))?;
-        if certs.is_empty() {
-            return Err(EngineError::Invalid(format!(
-                "{}: no certificate",
-                cf.display()
-            )));
-        }
-        let cert = certs.remove(0);
-        let key = PKey::private_key_from_pem(&read(kf)?)
-            .map_err(|err| EngineError::Invalid(format!("{}: {err}", kf.display())))?;
-        o.signing = Some(SigningIdentity {
-            cert,
-            key,
-            chain: certs,
-        });
-    }
-    Ok(o)
 }
 
 impl EngineBuilder {
-    /// A builder configured from a [`Config`]: opens `<data_dir>/pomona.redb`, uses the seal key
-    /// from the config or `<data_dir>/seal.key` (created if missing), and imports the CA files
-    /// if configured. The API key is taken from `config.api.key` as is.
-    pub fn from_config(config: &Config) -> Result<Self, EngineError> {
-        crate::fsutil::private_dir(&config.data_dir).map_err(|source| EngineError::Io {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
-        let db_path = config.data_dir.join("pomona.redb");
-        crate::fsutil::tighten(&db_path, crate::fsutil::FILE_MODE).map_err(|source| {
-            EngineError::Io {
-                path: db_path.display().to_string(),
-                source,
-            }
-        })?;
-        let seal = match &config.seal.key {
-            Some(hex) => SealKey::from_hex(hex)?,
-            None => SealKey::load_or_create(&config.data_dir.join("seal.key"))?,
-        };
-        let store = RedbStore::open(&db_path, &seal)?;
-        let mut b = Self::default()
-            .store(Arc::new(store))
-            .seal_key(seal)
-            .public_url(&config.public_url)
-            .renewal_policy(config.identity.renewal)
-            .user_authenticate(config.mdm.user_authenticate)
-            .max_body_bytes(config.mdm.max_body_bytes)
-            .max_queue_len(config.mdm.max_queue_len)
-            .retention(config.retention.clone())
-            .scep_options(ScepOptions {
-                static_challenge: config.scep.challenge.clone(),
-                validity_days: config.ca.device_cert_validity_days,
-                challenge_ttl_secs: config.scep.challenge_ttl_secs,
-            });
-        b.ca_options = CaOptions {
-            key_bits: config.ca.key_bits,
-            validity_days: config.ca.validity_days,
-            ..CaOptions::default()
-        };
-        if let Some(key) = &config.api.key {
-            b = b.api_key(key);
-        }
-        if let Some(h) = &config.identity.client_cert_header {
-            b = b.client_cert_header(h);
-        }
-        if let Some(list) = &config.identity.trusted_proxies {
-            b.trusted_proxies = crate::http::client_addr::TrustedProxies::parse(list)
-                .map_err(|e| EngineError::Invalid(format!("identity.trusted_proxies: {e}")))?;
-        }
-        b.rate_limits = config.rate_limit.options();
-        if let (Some(cert), Some(key)) = (&config.ca.cert_file, &config.ca.key_file) {
-            b = b.ca(CertificateAuthority::from_pem(&read(cert)?, &read(key)?)?);
-        }
-        b.enroll = Some(enroll_options(config)?);
-        let mut apns = ApnsOptions::default();
-        apns.endpoint.base_url = config.apns.base_url.clone();
-        apns.endpoint.connections = config.apns.connections;
-        apns.endpoint.connect_timeout = Duration::from_secs(config.apns.connect_timeout_secs);
-        apns.endpoint.handshake_timeout = Duration::from_secs(config.apns.handshake_timeout_secs);
-        apns.endpoint.timeout = Duration::from_secs(config.apns.request_timeout_secs);
-        apns.rearm_after = Duration::from_secs(config.apns.rearm_after_secs);
-        if let Some(f) = &config.apns.extra_ca_file {
-            apns.endpoint.extra_ca = Some(
-                X509::from_pem(&read(f)?)
-                    .map_err(|e| EngineError::Invalid(format!("{}: {e}", f.display())))?,
-            );
-        }
-        b.apns = apns;
-        b.plugin_limits = config.plugin_limits;
-        b.plist_limits = config.plist_limits;
-        b.setup.release_timeout = Duration::from_secs(config.setup.release_timeout_secs);
-        // Relative plugin paths in a config file are relative to the working directory.
-        b.plugins = config.plugins.clone();
-        Ok(b)
-    }
-
     /// Use this store (default: a fresh in-memory redb).
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
@@ -348,35 +292,15 @@ impl EngineBuilder {
         self
     }
 
-    /// Require this key on the admin API. Without one the admin API answers 401 to everything.
-    pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
+    /// Generate the CA with these parameters when none is given or stored.
+    pub fn ca_options(mut self, options: CaOptions) -> Self {
+        self.ca_options = options;
         self
     }
 
     /// The URL devices reach the engine at.
     pub fn public_url(mut self, url: impl Into<String>) -> Self {
         self.public_url = url.into().trim_end_matches('/').to_owned();
-        self
-    }
-
-    /// Accept client certificates forwarded by a TLS-terminating proxy in this header.
-    pub fn client_cert_header(mut self, name: impl Into<String>) -> Self {
-        self.client_cert_header = Some(name.into());
-        self
-    }
-
-    /// Believe the client-certificate header (and `X-Forwarded-For`) only from these peers
-    /// (default: loopback only).
-    pub fn trusted_proxies(mut self, proxies: crate::http::client_addr::TrustedProxies) -> Self {
-        self.trusted_proxies = proxies;
-        self
-    }
-
-    /// Per-client rate limits on `/mdm/enroll` and `/scep` (default: off here;
-    /// [`EngineBuilder::from_config`] applies `[rate_limit]`, which is on by default).
-    pub fn rate_limits(mut self, limits: crate::http::rate_limit::RateLimitOptions) -> Self {
-        self.rate_limits = limits;
         self
     }
 
@@ -420,7 +344,7 @@ impl EngineBuilder {
     }
 
     /// How long finished commands and events are kept.
-    pub fn retention(mut self, r: RetentionConfig) -> Self {
+    pub fn retention(mut self, r: Retention) -> Self {
         self.retention = r;
         self
     }
@@ -505,12 +429,12 @@ impl EngineBuilder {
             }
         };
         let ca = Arc::new(ca);
-        let header = match &self.client_cert_header {
-            Some(h) => Some(http::HeaderName::try_from(h.as_str()).map_err(|_| {
-                EngineError::Invalid(format!("client_cert_header {h:?} is not a header name"))
-            })?),
-            None => None,
-        };
+        self.plist_limits
+            .check()
+            .map_err(|reason| EngineError::InvalidSetting {
+                name: "plist_limits",
+                reason,
+            })?;
         let metrics = Arc::new(Metrics::default());
         let last_seen = Arc::new(LastSeen::default());
         let outbox = Outbox::new(store.clone(), 1024);
@@ -524,7 +448,7 @@ impl EngineBuilder {
             self.apns,
         )
         .await
-        .map_err(|e| EngineError::Invalid(format!("push certificates: {e}")))?;
+        .map_err(EngineError::PushCertificates)?;
         let pusher: Arc<dyn Pusher> = match self.pusher {
             Some(p) => p,
             None => apns.clone(),
@@ -547,7 +471,20 @@ impl EngineBuilder {
             PinIdentity::new(service, store.clone(), self.renewal, Some(outbox.clone())),
             verifier.clone(),
         ));
-        let identity = IdentityService::new(store.clone(), store.clone(), outbox.clone());
+        let identity = Arc::new(IdentityService::new(
+            store.clone(),
+            store.clone(),
+            outbox.clone(),
+        ));
+        let gateway = Arc::new(DeviceGateway::new(
+            service.clone(),
+            verifier,
+            identity.clone(),
+            store.clone(),
+            metrics.clone(),
+            self.max_body_bytes,
+            self.plist_limits,
+        ));
         let commander = Arc::new(Commander::new(
             store.clone(),
             store.clone(),
@@ -570,14 +507,14 @@ impl EngineBuilder {
             }
             None => EnrollOptions::new(&self.public_url),
         };
-        let enroll = EnrollService::new(
+        let enroll = Arc::new(EnrollService::new(
             ca.clone(),
             scep.clone(),
             apns.clone(),
             store.clone(),
             outbox.clone(),
             enroll_options,
-        );
+        ));
         let dep_options = match self.dep {
             Some(mut o) => {
                 o.public_url = self.public_url.clone();
@@ -594,14 +531,14 @@ impl EngineBuilder {
             &self.plugins,
         )
         .await
-        .map_err(|e| EngineError::Invalid(format!("policy plugins: {e}")))?;
-        let dep = DepService::new(store.clone(), seal.clone(), outbox.clone(), dep_options)
-            .with_policy(chain.clone())
-            .with_teams(store.clone(), store.clone());
-        let teams = TeamService::new(store.clone(), outbox.clone());
-        self.plist_limits
-            .check()
-            .map_err(|e| EngineError::Invalid(format!("plist_limits: {e}")))?;
+        .map_err(EngineError::Plugins)?;
+        let plugins = Arc::new(plugins);
+        let dep = Arc::new(
+            DepService::new(store.clone(), seal.clone(), outbox.clone(), dep_options)
+                .with_policy(chain.clone())
+                .with_teams(store.clone(), store.clone()),
+        );
+        let teams = Arc::new(TeamService::new(store.clone(), outbox.clone()));
         let profiles = Arc::new(
             ProfileLibrary::new(store.clone(), outbox.clone()).with_plist_limits(self.plist_limits),
         );
@@ -618,16 +555,17 @@ impl EngineBuilder {
             )
             .with_profiles(profiles.clone()),
         );
-        let webhooks =
+        let webhooks = Arc::new(
             WebhookService::new(store.clone(), outbox.clone(), seal.clone(), self.webhooks)
-                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                .map_err(EngineError::Webhooks)?,
+        );
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(EngineInner {
             store,
             ca,
             outbox,
             mdm: service,
-            verifier,
+            gateway,
             identity,
             commander,
             scep,
@@ -642,15 +580,6 @@ impl EngineBuilder {
             apns,
             metrics,
             last_seen,
-            http: HttpSettings {
-                api_key: self.api_key,
-                client_cert_header: header,
-                max_body_bytes: self.max_body_bytes,
-                trusted_proxies: self.trusted_proxies,
-                plist_limits: self.plist_limits,
-            },
-            certs: Default::default(),
-            rate_limits: crate::http::RateLimits::new(&self.rate_limits),
             public_url: self.public_url,
             shutdown,
             tasks: Mutex::new(Vec::new()),
@@ -667,14 +596,44 @@ impl Engine {
         EngineBuilder::default()
     }
 
-    /// The device endpoints, the admin API (`/v1`) and the operational endpoints as one router.
-    pub fn router(&self) -> axum::Router {
-        crate::http::router(self.inner.clone())
+    /// The device side for embedders that speak HTTP themselves: hand it a raw device request
+    /// (body, `Mdm-Signature`, client certificate) and send back its answer. The built-in HTTP
+    /// adapter (`pomona::http::Routes`) is a thin translation onto it.
+    pub fn device_gateway(&self) -> &DeviceGateway {
+        &self.inner.gateway
     }
 
-    /// The check-in service chain (for embedders that speak HTTP themselves).
+    /// The check-in service chain (identity already verified by the caller; prefer
+    /// [`Engine::device_gateway`], which verifies it).
     pub fn mdm(&self) -> Arc<dyn MdmService> {
         self.inner.mdm.clone()
+    }
+
+    /// The URL devices reach the engine at.
+    pub fn public_url(&self) -> &str {
+        &self.inner.public_url
+    }
+
+    /// Handles onto the services, for the adapters.
+    pub(crate) fn services(&self) -> Services {
+        let i = &self.inner;
+        Services {
+            gateway: i.gateway.clone(),
+            identity: i.identity.clone(),
+            commander: i.commander.clone(),
+            scep: i.scep.clone(),
+            enroll: i.enroll.clone(),
+            dep: i.dep.clone(),
+            teams: i.teams.clone(),
+            setup: i.setup.clone(),
+            plugins: i.plugins.clone(),
+            profiles: i.profiles.clone(),
+            webhooks: i.webhooks.clone(),
+            pusher: i.pusher.clone(),
+            apns: i.apns.clone(),
+            metrics: i.metrics.clone(),
+            outbox: i.outbox.clone(),
+        }
     }
 
     /// Enqueue commands and push.
@@ -760,7 +719,7 @@ impl Engine {
         }
     }
 
-    fn spawn_background(&self, retention: RetentionConfig) {
+    fn spawn_background(&self, retention: Retention) {
         let mut tasks = self.inner.tasks.lock().expect("tasks lock");
         tasks.push(tokio::spawn(
             self.inner
@@ -787,7 +746,6 @@ impl Engine {
             Duration::from_secs(600),
             move || {
                 let inner = inner.clone();
-                let retention = retention.clone();
                 async move { collect_garbage(&inner, &retention).await }
             },
         ));
@@ -816,7 +774,7 @@ impl Engine {
     }
 }
 
-async fn collect_garbage(inner: &EngineInner, retention: &RetentionConfig) {
+async fn collect_garbage(inner: &EngineInner, retention: &Retention) {
     let now = time::OffsetDateTime::now_utc();
     let cutoff = now - time::Duration::days(i64::from(retention.command_days));
     loop {
@@ -867,45 +825,4 @@ where
             }
         }
     })
-}
-
-#[cfg(all(test, unix))]
-mod file_mode_tests {
-    use std::os::unix::fs::PermissionsExt;
-
-    use super::*;
-
-    fn mode(p: &std::path::Path) -> u32 {
-        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn data_dir_is_0700_and_database_0600_also_when_they_were_open() {
-        let root = tempfile::tempdir().unwrap();
-        let config = Config {
-            data_dir: root.path().join("fresh"),
-            ..Config::default()
-        };
-        drop(EngineBuilder::from_config(&config).unwrap());
-        assert_eq!(mode(&config.data_dir), 0o700);
-        assert_eq!(mode(&config.data_dir.join("pomona.redb")), 0o600);
-
-        // An older data dir left readable by everyone is tightened on start.
-        let old = root.path().join("old");
-        std::fs::create_dir(&old).unwrap();
-        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::File::create(old.join("pomona.redb")).unwrap();
-        std::fs::set_permissions(
-            old.join("pomona.redb"),
-            std::fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
-        let config = Config {
-            data_dir: old.clone(),
-            ..Config::default()
-        };
-        drop(EngineBuilder::from_config(&config).unwrap());
-        assert_eq!(mode(&old), 0o700);
-        assert_eq!(mode(&old.join("pomona.redb")), 0o600);
-    }
 }

@@ -32,4 +32,4 @@ pub mod teams;
 pub mod webhooks;
 pub mod wire;
 
-pub use engine::{Engine, EngineBuilder, EngineError};
+pub use engine::{Engine, EngineBuilder, EngineError, Retention};

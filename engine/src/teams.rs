@@ -69,6 +69,11 @@ pub struct TeamService {
 }
 
 impl TeamService {
+    /// The team `name`, if there is one.
+    pub async fn find(&self, name: &str) -> Result<Option<Team>, TeamError> {
+        Ok(self.store.team(name).await?)
+    }
+
     /// A service over `store`, publishing `team.changed` / `team.deleted`.
     pub fn new(store: Arc<dyn TeamStore>, outbox: Outbox) -> Self {
         Self { store, outbox }

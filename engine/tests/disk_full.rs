@@ -167,10 +167,10 @@ async fn admin_writes_answer_503_while_the_disk_is_full() {
     let store = open(&fs.path().join("pomona.redb")).await;
     let engine = Engine::builder()
         .store(Arc::new(store.clone()))
-        .api_key("k")
         .build()
         .await
         .unwrap();
+    let routes = pomona::http::Routes::new(&engine, pomona::http::HttpOptions::new().api_key("k"));
     let put_team = |name: &str| {
         Request::put(format!("/v1/teams/{name}"))
             .header("authorization", "Bearer k")
@@ -179,7 +179,7 @@ async fn admin_writes_answer_503_while_the_disk_is_full() {
             .unwrap()
     };
     let status = |req: Request<Body>| {
-        let router = engine.router();
+        let router = routes.router();
         async move { router.oneshot(req).await.unwrap().status() }
     };
     assert!(status(put_team("a")).await.is_success());

@@ -5,6 +5,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use axum::http::HeaderName;
+use pomona::http::{HttpOptions, Routes};
 use pomona::{Engine, EngineBuilder};
 use tokio::sync::oneshot;
 
@@ -38,15 +40,16 @@ impl TestServer {
     ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let builder = configure(
-            Engine::builder()
-                .api_key(TEST_API_KEY)
-                .public_url(&url)
-                .client_cert_header("X-Client-Cert"),
-        );
+        let builder = configure(Engine::builder().public_url(&url));
         let engine = builder.build().await?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let router = engine.router();
+        let router = Routes::new(
+            &engine,
+            HttpOptions::new()
+                .api_key(TEST_API_KEY)
+                .client_cert_header(HeaderName::from_static("x-client-cert")),
+        )
+        .router();
         let task = tokio::spawn(async move {
             let _ = pomona::http::server::serve(listener, router, None, async {
                 let _ = stopped.await;

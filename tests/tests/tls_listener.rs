@@ -50,7 +50,7 @@ async fn devices_authenticate_with_tls_client_certificates() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(pomona::http::server::serve(
         listener,
-        engine.router(),
+        pomona::http::Routes::new(&engine, pomona::http::HttpOptions::new()).router(),
         Some(tls),
         async {
             let _ = stopped.await;

@@ -16,13 +16,14 @@ impl Served {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let engine = pomona::Engine::builder()
-            .api_key(key)
             .public_url(&url)
             .build()
             .await
             .unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let router = engine.router();
+        let router =
+            pomona::http::Routes::new(&engine, pomona::http::HttpOptions::new().api_key(key))
+                .router();
         let task = tokio::spawn(async move {
             let _ = pomona::http::server::serve(listener, router, None, async {
                 let _ = stopped.await;

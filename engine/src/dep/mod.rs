@@ -198,6 +198,38 @@ impl DepService {
             .ok_or_else(|| DepServiceError::UnknownServer(name.to_owned()))
     }
 
+    /// Every DEP server, by name.
+    pub async fn servers(&self) -> Result<Vec<DepServer>, DepServiceError> {
+        Ok(self.store.dep_servers().await?)
+    }
+
+    /// The DEP server `name`, if there is one.
+    pub async fn find_server(&self, name: &str) -> Result<Option<DepServer>, DepServiceError> {
+        Ok(self.store.dep_server(name).await?)
+    }
+
+    /// The device `serial` as server `server` last reported it.
+    pub async fn device(
+        &self,
+        server: &str,
+        serial: &str,
+    ) -> Result<Option<crate::store::DepDeviceRecord>, DepServiceError> {
+        Ok(self.store.dep_device(server, serial).await?)
+    }
+
+    /// A page of DEP devices.
+    pub async fn devices(
+        &self,
+        query: &crate::store::DepDeviceQuery,
+    ) -> Result<Vec<crate::store::DepDeviceRecord>, DepServiceError> {
+        Ok(self.store.dep_devices(query).await?)
+    }
+
+    /// Every enrollment-profile template, by name.
+    pub async fn profiles(&self) -> Result<Vec<crate::store::ProfileTemplate>, DepServiceError> {
+        Ok(self.store.dep_profiles().await?)
+    }
+
     /// Store `s` with events built from `events` (kind, data) in the same transaction, then hand
     /// them to live subscribers.
     async fn put_server_emitting(

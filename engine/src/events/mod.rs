@@ -43,6 +43,8 @@ pub mod kind {
     pub const WEBHOOK_TEST: &str = "webhook.test";
     /// A command was enqueued.
     pub const COMMAND_ENQUEUED: &str = "command.enqueued";
+    /// A queued command was cancelled for one enrollment before the device took it.
+    pub const COMMAND_CANCELLED: &str = "command.cancelled";
     /// A device reported a terminal result (`Acknowledged`, `Error`, `CommandFormatError`).
     pub const COMMAND_RESULT: &str = "command.result";
     /// A device answered `NotNow`.

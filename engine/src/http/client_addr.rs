@@ -8,14 +8,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::engine::EngineInner;
+use crate::http::HttpState;
 
 /// The TCP peer of the connection a request arrived on (a request extension).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,15 +180,15 @@ impl TrustedProxies {
 /// unless its TCP peer is a trusted proxy: device certificates are public, so whoever could set
 /// that header directly could be any device.
 pub(crate) async fn guard_proxy_header(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     req: axum::extract::Request,
     next: Next,
 ) -> Response {
-    if let Some(name) = &inner.http.client_cert_header
+    if let Some(name) = &state.options.client_cert_header
         && req.headers().contains_key(name)
     {
         let peer = ClientAddr::of(&req);
-        if !peer.is_some_and(|p| inner.http.trusted_proxies.contains(p.ip())) {
+        if !peer.is_some_and(|p| state.options.trusted_proxies.contains(p.ip())) {
             let from = peer.map_or_else(|| "an unknown address".to_owned(), |p| p.ip().to_string());
             tracing::warn!(header = %name, %from, "client-certificate header from an untrusted peer");
             return (
@@ -225,12 +224,13 @@ mod tests {
         use base64::Engine as _;
         use tower::ServiceExt as _;
 
-        let engine = crate::Engine::builder()
-            .client_cert_header("X-Client-Cert")
-            .trusted_proxies(TrustedProxies::parse(&["10.0.0.0/8", "fd00::/8"]).unwrap())
-            .build()
-            .await
-            .unwrap();
+        let engine = crate::Engine::builder().build().await.unwrap();
+        let routes = crate::http::Routes::new(
+            &engine,
+            crate::http::HttpOptions::new()
+                .client_cert_header(http::HeaderName::from_static("x-client-cert"))
+                .trusted_proxies(TrustedProxies::parse(&["10.0.0.0/8", "fd00::/8"]).unwrap()),
+        );
         let key =
             openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
         let public =
@@ -258,7 +258,7 @@ mod tests {
             if let Some(p) = peer {
                 req.extensions_mut().insert(ClientAddr(p.parse().unwrap()));
             }
-            engine.router().oneshot(req)
+            routes.router().oneshot(req)
         };
         for untrusted in [Some("192.0.2.1:4000"), Some("[2001:db8::1]:4000"), None] {
             let r = send(untrusted).await.unwrap();
@@ -350,9 +350,9 @@ mod tests {
             t.client_ip(ip("10.0.0.1"), &HeaderMap::new()),
             ip("10.0.0.1")
         );
-        let mut inner = HeaderMap::new();
-        inner.insert("x-forwarded-for", "10.9.9.9".parse().unwrap());
-        assert_eq!(t.client_ip(ip("10.0.0.1"), &inner), ip("10.9.9.9"));
+        let mut state = HeaderMap::new();
+        state.insert("x-forwarded-for", "10.9.9.9".parse().unwrap());
+        assert_eq!(t.client_ip(ip("10.0.0.1"), &state), ip("10.9.9.9"));
         // Garbage stops the walk.
         let mut junk = HeaderMap::new();
         junk.insert("x-forwarded-for", "198.51.100.1, junk".parse().unwrap());

@@ -19,6 +19,10 @@ use crate::wire::enrollment_id::EnrollmentId;
 
 const UDID: &str = "ROBUST-0001";
 
+fn router(engine: &Engine) -> axum::Router {
+    crate::http::Routes::new(engine, crate::http::HttpOptions::new()).router()
+}
+
 struct Fixture {
     engine: Engine,
     rt: tokio::runtime::Runtime,
@@ -107,7 +111,7 @@ impl Fixture {
         }
         let req = req.body(Body::from(body)).unwrap();
         self.rt
-            .block_on(self.engine.router().oneshot(req))
+            .block_on(router(&self.engine).oneshot(req))
             .unwrap()
             .status()
             .as_u16()
@@ -205,7 +209,7 @@ fn send_text(f: &Fixture, path: &str, body: Vec<u8>, signature: Option<String>) 
     }
     let req = req.body(Body::from(body)).unwrap();
     f.rt.block_on(async {
-        let r = f.engine.router().oneshot(req).await.unwrap();
+        let r = router(&f.engine).oneshot(req).await.unwrap();
         let status = r.status().as_u16();
         let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
@@ -233,7 +237,7 @@ fn no_identity_is_refused_before_parsing() {
 #[test]
 fn unauthenticated_certificates_do_not_grow_the_cert_cache() {
     let f = Fixture::new(64 * 1024);
-    let cached = f.engine.inner.certs.len();
+    let cached = f.engine.device_gateway().cached_certificates();
     assert_eq!(cached, 1, "the fixture device's certificate");
     for i in 0..20 {
         let key = PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap();
@@ -260,9 +264,9 @@ fn unauthenticated_certificates_do_not_grow_the_cert_cache() {
         assert_eq!(status, 400, "{text}");
         assert!(text.contains("not trusted"), "{text}");
     }
-    assert_eq!(f.engine.inner.certs.len(), cached);
+    assert_eq!(f.engine.device_gateway().cached_certificates(), cached);
     let body = idle_report();
     let sig = f.sign(&body);
     assert_eq!(f.send("/mdm/connect", body, Some(sig)), 200);
-    assert_eq!(f.engine.inner.certs.len(), 1);
+    assert_eq!(f.engine.device_gateway().cached_certificates(), 1);
 }

@@ -11,7 +11,6 @@
 //! enrollment token; 400 for unreadable or untrusted MachineInfo.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -20,22 +19,22 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::engine::EngineInner;
 use crate::enroll::{AutomatedAnswer, EnrollError};
+use crate::http::HttpState;
 use crate::wire::mobileconfig::CONTENT_TYPE;
 
 /// Largest MachineInfo accepted.
 const MAX_MACHINE_INFO: usize = 64 * 1024;
 
-pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
+pub(crate) fn routes(state: HttpState) -> Router {
     Router::new()
         .route("/mdm/enroll", get(download).post(automated))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_MACHINE_INFO))
         .route_layer(axum::middleware::from_fn_with_state(
-            inner.clone(),
+            state.clone(),
             super::rate_limit::limit_enroll,
         ))
-        .with_state(inner)
+        .with_state(state)
 }
 
 fn profile(body: Vec<u8>) -> Response {
@@ -81,7 +80,7 @@ fn error(e: EnrollError) -> Response {
 }
 
 async fn download(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -93,9 +92,9 @@ async fn download(
             )
                 .into_response();
         };
-        return answer(inner.enroll.automated_header(info).await);
+        return answer(state.enroll.automated_header(info).await);
     }
-    match inner
+    match state
         .enroll
         .manual_profile(q.get("token").map(String::as_str))
         .await
@@ -105,6 +104,6 @@ async fn download(
     }
 }
 
-async fn automated(State(inner): State<Arc<EngineInner>>, body: Bytes) -> Response {
-    answer(inner.enroll.automated(&body).await)
+async fn automated(State(state): State<HttpState>, body: Bytes) -> Response {
+    answer(state.enroll.automated(&body).await)
 }

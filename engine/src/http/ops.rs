@@ -1,7 +1,5 @@
 //! Operational endpoints: `GET /health`, `GET /version`, `GET /metrics` (no authentication).
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -9,20 +7,24 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::engine::EngineInner;
+use crate::http::HttpState;
 use crate::wire::enrollment_id::EnrollmentId;
 
-pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
+pub(crate) fn routes(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
-        .with_state(inner)
+        .with_state(state)
 }
 
 /// 200 when the store answers reads, 503 otherwise.
-async fn health(State(inner): State<Arc<EngineInner>>) -> impl IntoResponse {
-    match inner.store.enrollment(&EnrollmentId::new("-health-")).await {
+async fn health(State(state): State<HttpState>) -> impl IntoResponse {
+    match state
+        .identity
+        .enrollment(&EnrollmentId::new("-health-"))
+        .await
+    {
         Ok(_) => (StatusCode::OK, Json(json!({"status": "ok"}))),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -35,14 +37,14 @@ async fn version() -> Json<serde_json::Value> {
     Json(json!({"name": "pomona", "version": env!("CARGO_PKG_VERSION")}))
 }
 
-async fn metrics(State(inner): State<Arc<EngineInner>>) -> impl IntoResponse {
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     use std::fmt::Write as _;
-    let mut text = inner.metrics.render();
+    let mut text = state.metrics.render();
     let _ = writeln!(
         text,
         "# HELP pomona_push_certificate_expiry_timestamp_seconds When each push certificate expires.\n# TYPE pomona_push_certificate_expiry_timestamp_seconds gauge"
     );
-    let certs = inner.apns.certificates();
+    let certs = state.apns.certificates();
     for c in &certs {
         let _ = writeln!(
             text,
@@ -65,7 +67,7 @@ async fn metrics(State(inner): State<Arc<EngineInner>>) -> impl IntoResponse {
     let _ = writeln!(
         text,
         "# HELP pomona_apns_circuit_open 1 while the APNs circuit breaker is open.\n# TYPE pomona_apns_circuit_open gauge\npomona_apns_circuit_open {}",
-        u8::from(inner.apns.is_circuit_open())
+        u8::from(state.apns.is_circuit_open())
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -22,7 +22,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::client_addr::ClientAddr;
-use crate::engine::EngineInner;
+use crate::http::HttpState;
 
 /// One endpoint group's limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,7 @@ impl Default for RateLimitOptions {
 }
 
 impl RateLimitOptions {
-    /// No limits (the default of [`crate::EngineBuilder`]; `pomona serve` uses
+    /// No limits (the default of [`crate::http::HttpOptions`]; `pomona serve` uses
     /// [`RateLimitOptions::default`] through its configuration).
     pub fn off() -> Self {
         let off = Rate {
@@ -188,11 +188,11 @@ impl RateLimits {
 }
 
 /// The client address a request is limited under (see the module docs).
-fn client_ip(inner: &EngineInner, req: &Request) -> Option<IpAddr> {
+fn client_ip(state: &HttpState, req: &Request) -> Option<IpAddr> {
     let peer = ClientAddr::of(req)?;
     Some(
-        inner
-            .http
+        state
+            .options
             .trusted_proxies
             .client_ip(peer.ip(), req.headers()),
     )
@@ -201,11 +201,11 @@ fn client_ip(inner: &EngineInner, req: &Request) -> Option<IpAddr> {
 async fn limit(
     limiter: &RateLimiter,
     what: &str,
-    inner: &EngineInner,
+    state: &HttpState,
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(ip) = client_ip(inner, &req) else {
+    let Some(ip) = client_ip(state, &req) else {
         return next.run(req).await;
     };
     match limiter.check(ip, Instant::now()) {
@@ -225,20 +225,20 @@ async fn limit(
 
 /// Middleware limiting `/mdm/enroll`.
 pub(crate) async fn limit_enroll(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     req: Request,
     next: Next,
 ) -> Response {
-    limit(&inner.rate_limits.enroll, "enrollment", &inner, req, next).await
+    limit(&state.rate_limits.enroll, "enrollment", &state, req, next).await
 }
 
 /// Middleware limiting `/scep`.
 pub(crate) async fn limit_scep(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     req: Request,
     next: Next,
 ) -> Response {
-    limit(&inner.rate_limits.scep, "SCEP", &inner, req, next).await
+    limit(&state.rate_limits.scep, "SCEP", &state, req, next).await
 }
 
 #[cfg(test)]
@@ -252,8 +252,10 @@ mod tests {
         use axum::body::Body;
         use tower::ServiceExt as _;
 
-        let engine = crate::Engine::builder()
-            .rate_limits(RateLimitOptions {
+        let engine = crate::Engine::builder().build().await.unwrap();
+        let routes = crate::http::Routes::new(
+            &engine,
+            crate::http::HttpOptions::new().rate_limits(RateLimitOptions {
                 enroll: Rate {
                     per_minute: 1,
                     burst: 2,
@@ -263,10 +265,8 @@ mod tests {
                     burst: 3,
                 },
                 max_clients: 100,
-            })
-            .build()
-            .await
-            .unwrap();
+            }),
+        );
         let send = |path: &str, peer: &str, forwarded: Option<&str>| {
             let mut req = Request::get(path);
             if let Some(f) = forwarded {
@@ -275,7 +275,7 @@ mod tests {
             let mut req = req.body(Body::empty()).unwrap();
             req.extensions_mut()
                 .insert(ClientAddr(peer.parse().unwrap()));
-            engine.router().oneshot(req)
+            routes.router().oneshot(req)
         };
         let enroll = "/mdm/enroll";
         for _ in 0..2 {

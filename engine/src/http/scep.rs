@@ -5,9 +5,6 @@
 //! - `PKIOperation` → a CertRep (`application/x-pki-message`); the request arrives as a POST
 //!   body, or base64 in `message=` on GET (certmonger uses GET even when POST is advertised).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -16,22 +13,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use std::collections::HashMap;
 
-use crate::engine::EngineInner;
+use crate::http::HttpState;
 use crate::scep::ScepServiceError;
 
 /// Largest PKIOperation accepted.
 const MAX_MESSAGE: usize = 256 * 1024;
 
-pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
+pub(crate) fn routes(state: HttpState) -> Router {
     Router::new()
         .route("/scep", get(scep).post(scep))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_MESSAGE))
         .route_layer(axum::middleware::from_fn_with_state(
-            inner.clone(),
+            state.clone(),
             super::rate_limit::limit_scep,
         ))
-        .with_state(inner)
+        .with_state(state)
 }
 
 fn bad(message: impl Into<String>) -> Response {
@@ -39,12 +37,12 @@ fn bad(message: impl Into<String>) -> Response {
 }
 
 async fn scep(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     method: Method,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    let service = &inner.scep;
+    let service = &state.scep;
     match q.get("operation").map(String::as_str) {
         Some("GetCACaps") => (
             [(header::CONTENT_TYPE, "text/plain")],

@@ -148,7 +148,8 @@ async fn a_tls_handshake_that_never_finishes_is_dropped() {
 async fn a_slow_body_is_cut_off() {
     let (addr, _stop) = start(router(), None, short()).await;
     let engine = crate::Engine::builder().build().await.unwrap();
-    let (device_addr, _stop2) = start(engine.router(), None, short()).await;
+    let routes = crate::http::Routes::new(&engine, crate::http::HttpOptions::new());
+    let (device_addr, _stop2) = start(routes.router(), None, short()).await;
     for (addr, path) in [(addr, "/body"), (device_addr, "/mdm/checkin")] {
         let mut c = TcpStream::connect(addr).await.unwrap();
         c.write_all(

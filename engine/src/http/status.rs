@@ -11,6 +11,7 @@
 use http::StatusCode;
 
 use crate::mdm::MdmError;
+use crate::mdm::gateway::SetupProgressError;
 use crate::store::StoreError;
 
 /// The HTTP status a device gets for an error.
@@ -24,6 +25,18 @@ pub fn device_status(err: &MdmError) -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
         }
         MdmError::Store(_) | MdmError::Seal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The HTTP status of a refused `/mdm/setup` request: 403 without an identity or with one not
+/// pinned (or retired), 400 for a malformed or untrusted identity, 503 when storage fails.
+pub fn setup_progress_status(err: &SetupProgressError) -> StatusCode {
+    match err {
+        SetupProgressError::NoIdentity
+        | SetupProgressError::NotPinned
+        | SetupProgressError::Retired => StatusCode::FORBIDDEN,
+        SetupProgressError::Identity(_) => StatusCode::BAD_REQUEST,
+        SetupProgressError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::events::{Outbox, event, kind};
 use crate::metrics::Metrics;
 use crate::push::{PushOutcome, Pusher};
-use crate::store::{Emit, EnrollmentStore, QueueStore, StoreError};
+use crate::store::{CommandRecord, Emit, EnrollmentStore, QueueStore, QueuedCommand, StoreError};
 use crate::wire::command::Command;
 use crate::wire::enrollment_id::EnrollmentId;
 
@@ -183,8 +183,129 @@ impl Commander {
     }
 }
 
+impl Commander {
+    /// A command with every target's progress and results.
+    pub async fn command(&self, uuid: &str) -> Result<Option<CommandRecord>, StoreError> {
+        self.queue.command(uuid).await
+    }
+
+    /// An enrollment's pending queue in delivery order, or `None` for an unknown enrollment.
+    pub async fn queue(&self, id: &EnrollmentId) -> Result<Option<Vec<QueuedCommand>>, StoreError> {
+        if self.enrollments.enrollment(id).await?.is_none() {
+            return Ok(None);
+        }
+        self.queue.queue(id).await.map(Some)
+    }
+
+    /// Cancel a command queued for one enrollment, recording `command.cancelled` in the same
+    /// write. Returns whether it was queued (nothing is recorded when it was not).
+    pub async fn cancel(&self, id: &EnrollmentId, uuid: &str) -> Result<bool, StoreError> {
+        let now = time::OffsetDateTime::now_utc();
+        let (target, command_uuid) = (id.clone(), uuid.to_owned());
+        let emit = Emit::with(move |cancelled: &bool| {
+            if *cancelled {
+                vec![event(
+                    kind::COMMAND_CANCELLED,
+                    Some(&target),
+                    json!({ "command_uuid": command_uuid }),
+                )]
+            } else {
+                Vec::new()
+            }
+        });
+        let (cancelled, events) = self.queue.cancel_emitting(id, uuid, now, emit).await?;
+        self.outbox.broadcast(&events);
+        Ok(cancelled)
+    }
+}
+
 fn mark(targets: &mut [TargetOutcome], id: &EnrollmentId, error: String) {
     for t in targets.iter_mut().filter(|t| &t.id == id) {
         t.error = Some(error.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::events::testing::FailingAppends;
+    use crate::push::PushOutcome;
+    use crate::store::EventStore;
+    use crate::store::redb::RedbStore;
+    use crate::wire::checkin::Authenticate;
+    use crate::wire::enrollment_id::{Channel, ChannelKind};
+
+    /// Pushes nothing.
+    struct NoPush;
+
+    #[async_trait::async_trait]
+    impl Pusher for NoPush {
+        async fn push(&self, ids: &[EnrollmentId]) -> Vec<(EnrollmentId, PushOutcome)> {
+            ids.iter()
+                .map(|id| (id.clone(), PushOutcome::Failed("test".into())))
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancel_is_logged_with_its_change_and_only_when_something_was_queued() {
+        let store = Arc::new(RedbStore::in_memory().unwrap());
+        // Separate appends fail: only an event written with the cancel itself reaches the log.
+        let outbox = Outbox::new(Arc::new(FailingAppends(store.clone())), 16);
+        let mut live = outbox.subscribe();
+        let commander = Commander::new(
+            store.clone(),
+            store.clone(),
+            Arc::new(NoPush),
+            outbox,
+            Arc::new(Metrics::default()),
+            10,
+        );
+        let id = EnrollmentId::new("UDID-CANCEL");
+        let channel = Channel {
+            id: id.clone(),
+            parent: None,
+            kind: ChannelKind::Device,
+        };
+        let auth = Authenticate {
+            topic: "t".into(),
+            ..Default::default()
+        };
+        store
+            .store_authenticate(
+                &channel,
+                &auth,
+                time::OffsetDateTime::now_utc(),
+                Emit::none(),
+            )
+            .await
+            .unwrap();
+        let cmd = Command::build("CANCEL-ME", "ProfileList", plist::Dictionary::new());
+        commander.enqueue(&cmd, &[id.clone()], false).await.unwrap();
+        while live.try_recv().is_ok() {}
+        let before = store.events_after(0, 100).await.unwrap().len();
+
+        assert!(commander.cancel(&id, "CANCEL-ME").await.unwrap());
+        let log = store.events_after(0, 100).await.unwrap();
+        assert_eq!(log.len(), before + 1, "events: {log:?}");
+        let cancelled = log.last().unwrap();
+        assert_eq!(cancelled.kind, kind::COMMAND_CANCELLED);
+        assert_eq!(cancelled.enrollment_id.as_ref(), Some(&id));
+        assert_eq!(cancelled.data["command_uuid"], "CANCEL-ME");
+        assert_eq!(live.try_recv().unwrap().seq, cancelled.seq);
+        assert_eq!(commander.queue(&id).await.unwrap(), Some(Vec::new()));
+
+        // Nothing queued any more: no change, no event.
+        assert!(!commander.cancel(&id, "CANCEL-ME").await.unwrap());
+        assert_eq!(store.events_after(0, 100).await.unwrap().len(), before + 1);
+        assert_eq!(
+            commander
+                .queue(&EnrollmentId::new("UNKNOWN"))
+                .await
+                .unwrap(),
+            None
+        );
     }
 }

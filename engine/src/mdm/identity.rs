@@ -439,6 +439,22 @@ pub struct IdentityService {
 }
 
 impl IdentityService {
+    /// The enrollment `id`, if there is one.
+    pub async fn enrollment(
+        &self,
+        id: &EnrollmentId,
+    ) -> Result<Option<crate::store::Enrollment>, StoreError> {
+        self.enrollments.enrollment(id).await
+    }
+
+    /// A page of enrollments.
+    pub async fn enrollments(
+        &self,
+        query: &crate::store::EnrollmentQuery,
+    ) -> Result<Vec<crate::store::Enrollment>, StoreError> {
+        self.enrollments.list_enrollments(query).await
+    }
+
     /// A service over the stores.
     pub fn new(
         enrollments: Arc<dyn EnrollmentStore>,

@@ -14,9 +14,11 @@
 //! wrapping rather than by flags. The trait has two methods — check-in messages and command
 //! reports — and a middleware that cares about one message type matches on [`CheckinBody`].
 
+mod cert_cache;
 pub mod commands;
 pub mod core;
 pub mod declarative;
+pub mod gateway;
 pub mod identity;
 pub mod last_seen;
 pub mod observe;
@@ -31,6 +33,9 @@ use crate::wire::enrollment_id::{Channel, Identifiers};
 use crate::wire::report::CommandReport;
 
 pub use self::core::{Core, CoreOptions, UserAuthenticatePolicy};
+pub use gateway::{
+    ClientCertificate, DeviceEndpoint, DeviceGateway, DeviceRequest, DeviceResponse,
+};
 pub use identity::{CachedVerifier, IdentityService, PinIdentity, RenewalPolicy, VerifyIdentity};
 
 /// The certificate a device presented (by `Mdm-Signature` or mutual TLS).
@@ -136,7 +141,12 @@ pub enum IdentityError {
     UnknownEnrollment(String),
 }
 
-/// Errors from the check-in path. [`crate::http::status`] maps them to HTTP statuses.
+/// Errors from the check-in path.
+///
+/// The built-in HTTP adapter answers a device with 400 for [`MdmError::BadRequest`] and
+/// [`MdmError::Identity`], 410 for [`MdmError::Declined`], 404 for [`MdmError::NotFound`], 401
+/// only for [`MdmError::Unenroll`], 503 when storage is unavailable and 500 otherwise; an
+/// embedder serving devices itself should do the same.
 #[derive(Debug, thiserror::Error)]
 pub enum MdmError {
     /// The message is not acceptable (400).

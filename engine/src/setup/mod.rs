@@ -223,6 +223,24 @@ fn now() -> Timestamp {
 }
 
 impl SetupService {
+    /// The device with this serial number, if Pomona knows it.
+    pub async fn device(&self, serial: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        self.devices.device(serial).await
+    }
+
+    /// A page of devices.
+    pub async fn devices(
+        &self,
+        query: &crate::store::DeviceQuery,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.devices.list_devices(query).await
+    }
+
+    /// The setup of enrollment `enrollment_id`, if it has one.
+    pub async fn setup_of(&self, enrollment_id: &str) -> Result<Option<SetupRecord>, StoreError> {
+        self.devices.setup(enrollment_id).await
+    }
+
     /// A setup flow over the given stores and services.
     #[allow(clippy::too_many_arguments)]
     pub fn new(

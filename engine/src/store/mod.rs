@@ -268,7 +268,21 @@ pub trait QueueStore: Send + Sync {
     async fn queue(&self, id: &EnrollmentId) -> StoreResult<Vec<QueuedCommand>>;
 
     /// Cancel one queued command for one enrollment. Returns whether it was queued.
-    async fn cancel(&self, id: &EnrollmentId, uuid: &str, now: Timestamp) -> StoreResult<bool>;
+    async fn cancel(&self, id: &EnrollmentId, uuid: &str, now: Timestamp) -> StoreResult<bool> {
+        self.cancel_emitting(id, uuid, now, Emit::none())
+            .await
+            .map(|(cancelled, _)| cancelled)
+    }
+
+    /// [`QueueStore::cancel`], appending `emit`'s events (built from whether the command was
+    /// queued) in the same transaction.
+    async fn cancel_emitting(
+        &self,
+        id: &EnrollmentId,
+        uuid: &str,
+        now: Timestamp,
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)>;
 
     /// A command with every target's progress and results.
     async fn command(&self, uuid: &str) -> StoreResult<Option<CommandRecord>>;

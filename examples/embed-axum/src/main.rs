@@ -1,18 +1,17 @@
-//! Embedding Pomona in your own axum application.
-//!
-//! Your app keeps its own routes; Pomona's device endpoints (`/mdm/...`), admin API (`/v1/...`)
-//! and operational endpoints are merged in, and your code reacts to Pomona's events.
+//! Embedding Pomona in your own axum application (see the library half, `src/lib.rs`).
 //!
 //! ```text
 //! cargo run -p pomona-example-embed-axum
 //! curl http://127.0.0.1:9100/
-//! curl -H 'Authorization: Bearer example-admin-key-change-me' http://127.0.0.1:9100/v1/enrollments
+//! curl http://127.0.0.1:9100/mdm-engine/scep?operation=GetCACaps
+//! curl -H 'Authorization: Bearer example-app-token-change-me' \
+//!      http://127.0.0.1:9100/mdm-engine/v1/enrollments
 //! ```
 
-use axum::Router;
-use axum::routing::get;
 use pomona::Engine;
+use pomona::seal::SealKey;
 use pomona::store::redb::RedbStore;
+use pomona_example_embed_axum::{PREFIX, app};
 use std::sync::Arc;
 
 #[tokio::main]
@@ -25,17 +24,16 @@ async fn main() -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&data_dir)?;
 
-    // Assemble the engine in code: a durable store sealed with a key kept next to it, the URL
-    // devices will use, and an admin API key.
-    let seal = pomona::seal::SealKey::load_or_create(&data_dir.join("seal.key"))?;
+    // Assemble the engine in code: a durable store sealed with a key kept next to it, and the
+    // URL devices will use, prefix included.
+    let seal = SealKey::load_or_create(&data_dir.join("seal.key"))?;
     let engine = Engine::builder()
         .store(Arc::new(RedbStore::open(
             data_dir.join("pomona.redb"),
             &seal,
         )?))
         .seal_key(seal)
-        .public_url(format!("http://{addr}"))
-        .api_key("example-admin-key-change-me")
+        .public_url(format!("http://{addr}{PREFIX}"))
         .build()
         .await?;
 
@@ -47,13 +45,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    let app = Router::new()
-        .route(
-            "/",
-            get(|| async { "my product, with an MDM engine inside" }),
-        )
-        .merge(engine.router());
-
+    let app = app(&engine, "example-app-token-change-me");
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("example app on http://{addr}");
     axum::serve(listener, app)

@@ -1,8 +1,6 @@
 //! API-key authentication: `Authorization: Bearer KEY`, or HTTP Basic with any user name and the
 //! key as password (so tools written for NanoMDM work unchanged).
 
-use std::sync::Arc;
-
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -10,7 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::error::ApiError;
-use crate::engine::EngineInner;
+use crate::http::{AdminAuth, HttpState};
 
 /// The key presented in an `Authorization` header, if any.
 pub fn presented_key(authorization: &str) -> Option<String> {
@@ -35,13 +33,18 @@ fn keys_match(expected: &str, presented: &str) -> bool {
     openssl::memcmp::eq(&a, &b)
 }
 
-/// Middleware rejecting requests without the configured key.
+/// Middleware rejecting requests without the configured key ([`AdminAuth::ApiKey`]); with
+/// [`AdminAuth::Locked`] it rejects everything. Not installed for [`AdminAuth::External`].
 pub(crate) async fn require_api_key(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     request: Request,
     next: Next,
 ) -> Response {
-    let authorized = match (&inner.http.api_key, request.headers().get("authorization")) {
+    let expected = match &state.options.admin_auth {
+        AdminAuth::ApiKey(key) => Some(key),
+        _ => None,
+    };
+    let authorized = match (expected, request.headers().get("authorization")) {
         (Some(expected), Some(value)) => value
             .to_str()
             .ok()

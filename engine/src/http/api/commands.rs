@@ -1,7 +1,6 @@
 //! Command endpoints: NanoMDM-compatible raw enqueue and push, and the native JSON API.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -12,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult};
 use super::views::command_json;
-use crate::engine::EngineInner;
+use crate::http::HttpState;
 use crate::mdm::commands::EnqueueOutcome;
 use crate::push::PushOutcome;
 use crate::wire::command::Command;
@@ -93,7 +92,7 @@ fn nano_status(o: &EnqueueOutcome) -> StatusCode {
 
 /// `PUT /v1/enqueue/{ids}[?nopush=1]` with a raw command plist body.
 pub(crate) async fn enqueue_raw(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(list): Path<String>,
     Query(q): Query<NoPush>,
     body: Bytes,
@@ -114,7 +113,7 @@ pub(crate) async fn enqueue_raw(
             return Ok((StatusCode::BAD_REQUEST, Json(r)).into_response());
         }
     };
-    let outcome = inner.commander.enqueue(&command, &ids, !no_push).await?;
+    let outcome = state.commander.enqueue(&command, &ids, !no_push).await?;
     let result = NanoResult {
         status: outcome
             .targets
@@ -132,11 +131,11 @@ pub(crate) async fn enqueue_raw(
 
 /// `GET|POST /v1/push/{ids}`
 pub(crate) async fn push(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(list): Path<String>,
 ) -> ApiResult<Response> {
     let ids = ids(&list)?;
-    let results = inner.pusher.push(&ids).await;
+    let results = state.pusher.push(&ids).await;
     let mut r = NanoResult::default();
     let mut failures = 0;
     for (id, outcome) in results {
@@ -179,7 +178,7 @@ pub(crate) struct NewCommand {
 
 /// `POST /v1/commands`: the engine builds the plist and the UUID.
 pub(crate) async fn create(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     body: Result<Json<NewCommand>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -216,7 +215,7 @@ pub(crate) async fn create(
         .iter()
         .map(|s| EnrollmentId::new(s.as_str()))
         .collect();
-    let outcome = inner
+    let outcome = state
         .commander
         .enqueue(&command, &targets, req.push.unwrap_or(true))
         .await?;
@@ -234,13 +233,13 @@ pub(crate) async fn create(
 
 /// `GET /v1/commands/{uuid}`
 pub(crate) async fn get(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(uuid): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let c = inner
-        .store
+    let c = state
+        .commander
         .command(&uuid)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no command {uuid}")))?;
-    Ok(Json(command_json(&c, &inner.http.plist_limits)))
+    Ok(Json(command_json(&c, state.gateway.plist_limits())))
 }

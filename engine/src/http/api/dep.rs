@@ -1,7 +1,6 @@
 //! DEP endpoints under `/v1/dep`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -12,27 +11,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
-use crate::dep::{DepServiceError, ServerPatch};
-use crate::engine::EngineInner;
+use crate::dep::ServerPatch;
+use crate::http::HttpState;
 use crate::store::{DepDeviceQuery, DepDeviceRecord, DepServer, ProfileTemplate};
 use crate::wire::dep::Profile;
-
-impl From<DepServiceError> for ApiError {
-    fn from(e: DepServiceError) -> Self {
-        match e {
-            DepServiceError::UnknownServer(_) | DepServiceError::UnknownProfile(_) => {
-                Self::NotFound(e.to_string())
-            }
-            DepServiceError::Exists(_) => Self::Conflict(e.to_string()),
-            DepServiceError::Invalid(_)
-            | DepServiceError::WrongServer { .. }
-            | DepServiceError::Token(_) => Self::BadRequest(e.to_string()),
-            DepServiceError::Api(_) => Self::Upstream(e.to_string()),
-            DepServiceError::Store(s) => Self::Store(s),
-            DepServiceError::Seal(_) => Self::Internal(e.to_string()),
-        }
-    }
-}
 
 fn server_view(s: &DepServer) -> serde_json::Value {
     json!({
@@ -91,49 +73,49 @@ fn json_body<T: serde::de::DeserializeOwned>(
 }
 
 pub(crate) async fn create_server(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     body: Result<Json<NewServer>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
     let b = json_body(body)?;
-    let s = inner.dep.create_server(&b.name).await?;
+    let s = state.dep.create_server(&b.name).await?;
     Ok((StatusCode::CREATED, Json(server_view(&s))).into_response())
 }
 
 pub(crate) async fn list_servers(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let servers = inner.store.dep_servers().await?;
+    let servers = state.dep.servers().await?;
     Ok(Json(
         json!({"servers": servers.iter().map(server_view).collect::<Vec<_>>()}),
     ))
 }
 
 pub(crate) async fn get_server(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let s = inner
-        .store
-        .dep_server(&name)
+    let s = state
+        .dep
+        .find_server(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no DEP server named {name:?}")))?;
     Ok(Json(server_view(&s)))
 }
 
 pub(crate) async fn patch_server(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
     body: Result<Json<ServerPatch>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let s = inner.dep.patch_server(&name, json_body(body)?).await?;
+    let s = state.dep.patch_server(&name, json_body(body)?).await?;
     Ok(Json(server_view(&s)))
 }
 
 pub(crate) async fn certificate(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let pem = inner.dep.certificate(&name).await?;
+    let pem = state.dep.certificate(&name).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-pem-file"),
@@ -148,23 +130,23 @@ pub(crate) async fn certificate(
 }
 
 pub(crate) async fn upload_token(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
     let force = q.get("force").is_some_and(|v| v != "0");
-    let s = inner.dep.upload_token(&name, &body, force).await?;
+    let s = state.dep.upload_token(&name, &body, force).await?;
     Ok(Json(server_view(&s)))
 }
 
 pub(crate) async fn sync(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let full = q.get("full").is_some_and(|v| v != "0");
-    let report = inner.dep.sync_server(&name, full).await?;
+    let report = state.dep.sync_server(&name, full).await?;
     Ok(Json(json!(report)))
 }
 
@@ -177,15 +159,15 @@ pub(crate) struct AssignBody {
 }
 
 pub(crate) async fn assign(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
     body: Result<Json<AssignBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let b = json_body(body)?;
-    inner.dep.assign(&name, &b.profile, &b.serials).await?;
+    state.dep.assign(&name, &b.profile, &b.serials).await?;
     let mut devices = Vec::new();
     for serial in &b.serials {
-        if let Some(d) = inner.store.dep_device(&name, serial).await? {
+        if let Some(d) = state.dep.device(&name, serial).await? {
             devices.push(device_view(&d));
         }
     }
@@ -193,12 +175,12 @@ pub(crate) async fn assign(
 }
 
 pub(crate) async fn list_devices(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     query: Result<Query<DepDeviceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let devices = inner.store.dep_devices(&q).await?;
+    let devices = state.dep.devices(&q).await?;
     let next = (devices.len() == limit)
         .then(|| {
             devices
@@ -216,18 +198,18 @@ fn profile_view(p: &ProfileTemplate) -> serde_json::Value {
 }
 
 pub(crate) async fn put_profile(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
     body: Result<Json<Profile>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let p = inner.dep.put_profile(&name, json_body(body)?).await?;
+    let p = state.dep.put_profile(&name, json_body(body)?).await?;
     Ok(Json(profile_view(&p)))
 }
 
 pub(crate) async fn list_profiles(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let profiles = inner.store.dep_profiles().await?;
+    let profiles = state.dep.profiles().await?;
     Ok(Json(
         json!({"profiles": profiles.iter().map(profile_view).collect::<Vec<_>>()}),
     ))

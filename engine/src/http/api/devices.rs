@@ -1,7 +1,5 @@
 //! Device endpoints under `/v1/devices`: the joined device view, its setup, team and release.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -9,22 +7,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use crate::engine::EngineInner;
-use crate::setup::SetupError;
+use crate::http::HttpState;
 use crate::store::{DeviceQuery, DeviceRecord, DeviceStage};
 use crate::teams::platform_of;
 use crate::wire::enrollment_id::EnrollmentId;
-
-impl From<SetupError> for ApiError {
-    fn from(e: SetupError) -> Self {
-        match e {
-            SetupError::UnknownDevice(_) => Self::NotFound(e.to_string()),
-            SetupError::NotEnrolled(_) => Self::Conflict(e.to_string()),
-            SetupError::UnknownTeam(_) => Self::BadRequest(e.to_string()),
-            SetupError::Store(s) => Self::Store(s),
-        }
-    }
-}
 
 /// Query of `GET /v1/devices`.
 #[derive(Debug, Default, Deserialize)]
@@ -39,12 +25,12 @@ pub struct ListQuery {
 
 /// `GET /v1/devices[?team=&stage=&dep_server=&after=&limit=]`.
 pub async fn list(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
-    let devices = inner
-        .store
-        .list_devices(&DeviceQuery {
+    let devices = state
+        .setup
+        .devices(&DeviceQuery {
             team: q.team,
             stage: q.stage,
             dep_server: q.dep_server,
@@ -60,9 +46,9 @@ pub async fn list(
 }
 
 /// The device with this serial number, or a 404.
-async fn find(inner: &EngineInner, serial: &str) -> ApiResult<DeviceRecord> {
-    inner
-        .store
+async fn find(state: &HttpState, serial: &str) -> ApiResult<DeviceRecord> {
+    state
+        .setup
         .device(serial)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no device with serial number {serial:?}")))
@@ -70,21 +56,21 @@ async fn find(inner: &EngineInner, serial: &str) -> ApiResult<DeviceRecord> {
 
 /// `GET /v1/devices/{serial}`: the device joined with its DEP record, enrollment and setup.
 pub async fn get(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(serial): Path<String>,
 ) -> ApiResult<Response> {
-    let device = find(&inner, &serial).await?;
+    let device = find(&state, &serial).await?;
     let dep = match &device.dep_server {
-        Some(s) => inner.store.dep_device(s, &serial).await?,
+        Some(s) => state.dep.device(s, &serial).await?,
         None => None,
     };
     let (enrollment, setup) = match &device.enrollment_id {
         Some(id) => (
-            inner
-                .store
+            state
+                .identity
                 .enrollment(&EnrollmentId::new(id.clone()))
                 .await?,
-            inner.store.setup(id).await?,
+            state.setup.setup_of(id).await?,
         ),
         None => (None, None),
     };
@@ -111,12 +97,12 @@ pub async fn get(
 
 /// `GET /v1/devices/{serial}/setup`: its setup steps, their status and how it was released.
 pub async fn setup(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(serial): Path<String>,
 ) -> ApiResult<Response> {
-    let device = find(&inner, &serial).await?;
+    let device = find(&state, &serial).await?;
     let setup = match &device.enrollment_id {
-        Some(id) => inner.store.setup(id).await?,
+        Some(id) => state.setup.setup_of(id).await?,
         None => None,
     };
     let setup = setup.ok_or_else(|| {
@@ -127,7 +113,7 @@ pub async fn setup(
 
 /// `PUT /v1/devices/{serial}/team` with `{"team": "name"}` or `{"team": null}`.
 pub async fn put_team(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(serial): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
@@ -142,9 +128,9 @@ pub async fn put_team(
             ));
         }
     };
-    let device = inner.setup.set_team(&serial, team).await?;
+    let device = state.setup.set_team(&serial, team).await?;
     // A DEP device that has not enrolled yet gets the new team's enrollment profile.
-    let reassigned = inner
+    let reassigned = state
         .dep
         .assign_team_profile(&device)
         .await
@@ -154,8 +140,8 @@ pub async fn put_team(
 
 /// `POST /v1/devices/{serial}/release`: send `DeviceConfigured` now.
 pub async fn release(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(serial): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(inner.setup.release_now(&serial).await?).into_response())
+    Ok(Json(state.setup.release_now(&serial).await?).into_response())
 }

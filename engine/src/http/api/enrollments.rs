@@ -1,7 +1,5 @@
 //! Enrollment endpoints.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -9,18 +7,17 @@ use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
 use super::views::EnrollmentView;
-use crate::engine::EngineInner;
-use crate::mdm::identity::ApprovalError;
+use crate::http::HttpState;
 use crate::store::EnrollmentQuery;
 use crate::wire::enrollment_id::EnrollmentId;
 
 /// `GET /v1/enrollments?after=&limit=&enabled=&kind=&parent=&serial_number=`
 pub(crate) async fn list(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     query: Result<Query<EnrollmentQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let page = inner.store.list_enrollments(&q).await?;
+    let page = state.identity.enrollments(&q).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let next = (page.len() == limit).then(|| page.last().map(|e| e.id.to_string()));
     let enrollments: Vec<EnrollmentView> = page.into_iter().map(Into::into).collect();
@@ -31,11 +28,11 @@ pub(crate) async fn list(
 
 /// `GET /v1/enrollments/{id}`
 pub(crate) async fn get(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<EnrollmentView>> {
-    let e = inner
-        .store
+    let e = state
+        .identity
         .enrollment(&EnrollmentId::new(id.as_str()))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no enrollment {id}")))?;
@@ -44,26 +41,26 @@ pub(crate) async fn get(
 
 /// `GET /v1/enrollments/{id}/queue`
 pub(crate) async fn queue(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let id = EnrollmentId::new(id.as_str());
-    if inner.store.enrollment(&id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("no enrollment {id}")));
-    }
-    let commands = inner.store.queue(&id).await?;
+    let commands = state
+        .commander
+        .queue(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no enrollment {id}")))?;
     Ok(Json(json!({ "enrollment_id": id, "commands": commands })))
 }
 
 /// `DELETE /v1/enrollments/{id}/queue/{command_uuid}`
 pub(crate) async fn cancel(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path((id, uuid)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let now = time::OffsetDateTime::now_utc();
-    if inner
-        .store
-        .cancel(&EnrollmentId::new(id.as_str()), &uuid, now)
+    if state
+        .commander
+        .cancel(&EnrollmentId::new(id.as_str()), &uuid)
         .await?
     {
         Ok(StatusCode::NO_CONTENT)
@@ -87,7 +84,7 @@ struct ReenrollRequest {
 /// without a CheckOut reaching the server). The previous certificate's escrowed secrets are
 /// cleared when it is used.
 pub(crate) async fn approve_reenrollment(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
@@ -98,17 +95,10 @@ pub(crate) async fn approve_reenrollment(
     };
     let id = EnrollmentId::new(id.as_str());
     let now = time::OffsetDateTime::now_utc();
-    let expires_at = inner
+    let expires_at = state
         .identity
         .approve_reenrollment(&id, req.ttl_secs, now)
-        .await
-        .map_err(|e| match e {
-            ApprovalError::UnknownEnrollment(_) => ApiError::NotFound(e.to_string()),
-            ApprovalError::NotDevice(_) | ApprovalError::BadTtl { .. } => {
-                ApiError::BadRequest(e.to_string())
-            }
-            ApprovalError::Store(s) => ApiError::Store(s),
-        })?;
+        .await?;
     let expires_at = expires_at
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -1,11 +1,20 @@
-//! JSON errors of the admin API: `{"error": "<precise message>"}`.
+//! JSON errors of the admin API: `{"error": "<precise message>"}`, and the one place where
+//! service errors become admin API statuses (device-endpoint statuses: [`crate::http::status`]).
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::dep::DepServiceError;
+use crate::mdm::identity::ApprovalError;
+use crate::policy::registry::RegistryError;
+use crate::profiles::ProfileLibraryError;
+use crate::push::apns::PushError;
+use crate::setup::SetupError;
 use crate::store::StoreError;
+use crate::teams::TeamError;
+use crate::webhooks::WebhookError;
 
 /// An admin API error.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +69,104 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+impl From<DepServiceError> for ApiError {
+    fn from(e: DepServiceError) -> Self {
+        match e {
+            DepServiceError::UnknownServer(_) | DepServiceError::UnknownProfile(_) => {
+                Self::NotFound(e.to_string())
+            }
+            DepServiceError::Exists(_) => Self::Conflict(e.to_string()),
+            DepServiceError::Invalid(_)
+            | DepServiceError::WrongServer { .. }
+            | DepServiceError::Token(_) => Self::BadRequest(e.to_string()),
+            DepServiceError::Api(_) => Self::Upstream(e.to_string()),
+            DepServiceError::Store(s) => Self::Store(s),
+            DepServiceError::Seal(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ApprovalError> for ApiError {
+    fn from(e: ApprovalError) -> Self {
+        match e {
+            ApprovalError::UnknownEnrollment(_) => Self::NotFound(e.to_string()),
+            ApprovalError::NotDevice(_) | ApprovalError::BadTtl { .. } => {
+                Self::BadRequest(e.to_string())
+            }
+            ApprovalError::Store(s) => Self::Store(s),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NotFound(_) => Self::NotFound(e.to_string()),
+            RegistryError::Declared(_) => Self::Conflict(e.to_string()),
+            RegistryError::InvalidName(_) | RegistryError::Plugin { .. } => {
+                Self::BadRequest(e.to_string())
+            }
+            RegistryError::Io { .. } => Self::Internal(e.to_string()),
+            RegistryError::Store(s) => Self::Store(s),
+        }
+    }
+}
+
+impl From<ProfileLibraryError> for ApiError {
+    fn from(e: ProfileLibraryError) -> Self {
+        match e {
+            ProfileLibraryError::NotFound(_) => Self::NotFound(e.to_string()),
+            ProfileLibraryError::InvalidName(_)
+            | ProfileLibraryError::TooLarge { .. }
+            | ProfileLibraryError::Invalid(_) => Self::BadRequest(e.to_string()),
+            ProfileLibraryError::Store(s) => Self::Store(s),
+        }
+    }
+}
+
+/// Uploading a push certificate: storage failures are the server's, anything else (a
+/// certificate APNs cannot use) the request's.
+impl From<PushError> for ApiError {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Store(s) => Self::Store(s),
+            other => Self::BadRequest(other.to_string()),
+        }
+    }
+}
+
+impl From<SetupError> for ApiError {
+    fn from(e: SetupError) -> Self {
+        match e {
+            SetupError::UnknownDevice(_) => Self::NotFound(e.to_string()),
+            SetupError::NotEnrolled(_) => Self::Conflict(e.to_string()),
+            SetupError::UnknownTeam(_) => Self::BadRequest(e.to_string()),
+            SetupError::Store(s) => Self::Store(s),
+        }
+    }
+}
+
+impl From<TeamError> for ApiError {
+    fn from(e: TeamError) -> Self {
+        match e {
+            TeamError::InvalidName(_) | TeamError::Invalid(_) => Self::BadRequest(e.to_string()),
+            TeamError::NotFound(_) => Self::NotFound(e.to_string()),
+            TeamError::Store(s) => Self::Store(s),
+        }
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        match e {
+            WebhookError::NotFound(_) => Self::NotFound(e.to_string()),
+            WebhookError::Invalid(_) => Self::BadRequest(e.to_string()),
+            WebhookError::Store(s) => Self::Store(s),
+            WebhookError::Seal(_) | WebhookError::Client(_) => Self::Internal(e.to_string()),
+        }
     }
 }
 

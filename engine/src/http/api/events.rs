@@ -1,14 +1,12 @@
 //! The durable event outbox over HTTP.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
-use crate::engine::EngineInner;
+use crate::http::HttpState;
 
 /// `?after=SEQ&limit=N`
 #[derive(Debug, Deserialize)]
@@ -20,12 +18,12 @@ pub(crate) struct Page {
 /// `GET /v1/events?after=SEQ&limit=N`: events with `seq > after`, oldest first; `next` is the
 /// `after` to use for the following page.
 pub(crate) async fn list(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     query: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Query(p) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let after = p.after.unwrap_or(0);
-    let events = inner
+    let events = state
         .outbox
         .after(after, p.limit.unwrap_or(100).clamp(1, 1000))
         .await?;

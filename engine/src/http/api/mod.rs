@@ -1,4 +1,5 @@
-//! The admin API under `/v1`, authenticated with the API key.
+//! The admin API under `/v1`, authenticated with the API key (or, with
+//! [`AdminAuth::External`], by the embedder in front of it).
 
 mod auth;
 mod commands;
@@ -14,17 +15,15 @@ mod teams;
 mod views;
 mod webhooks;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::routing::{delete, get, post, put};
 
 pub use auth::presented_key;
 
-use crate::engine::EngineInner;
+use crate::http::{AdminAuth, HttpState};
 
-pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
-    Router::new()
+pub(crate) fn routes(state: HttpState) -> Router {
+    let router = Router::new()
         .route("/v1/enqueue/{ids}", put(commands::enqueue_raw))
         .route("/v1/push/{ids}", get(commands::push).post(commands::push))
         .route("/v1/commands", post(commands::create))
@@ -95,12 +94,15 @@ pub(crate) fn routes(inner: Arc<EngineInner>) -> Router {
                 .delete(webhooks::delete),
         )
         .route("/v1/webhooks/{name}/test", post(webhooks::test))
-        .route_layer(axum::middleware::from_fn_with_state(
-            inner.clone(),
+        .with_state(state.clone());
+    let router = match state.options.admin_auth {
+        AdminAuth::External => router,
+        _ => router.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             auth::require_api_key,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            inner.http.max_body_bytes,
-        ))
-        .with_state(inner)
+        )),
+    };
+    router.layer(axum::extract::DefaultBodyLimit::max(
+        state.gateway.max_body_bytes(),
+    ))
 }

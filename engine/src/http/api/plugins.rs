@@ -1,7 +1,6 @@
 //! Policy plugin endpoints under `/v1/plugins`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -11,38 +10,21 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
-use crate::engine::EngineInner;
+use crate::http::HttpState;
 use crate::policy::Hook;
 use crate::policy::registry::RegistryError;
 
 /// The most a plugin upload may weigh (components are larger than command plists).
 pub(crate) const MAX_PLUGIN_BYTES: usize = 32 << 20;
 
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::NotFound(_) => Self::NotFound(e.to_string()),
-            RegistryError::Declared(_) => Self::Conflict(e.to_string()),
-            RegistryError::InvalidName(_) | RegistryError::Plugin { .. } => {
-                Self::BadRequest(e.to_string())
-            }
-            RegistryError::Io { .. } => Self::Internal(e.to_string()),
-            RegistryError::Store(s) => Self::Store(s),
-        }
-    }
-}
-
 /// `GET /v1/plugins`: every plugin in chain order, with counters and latency.
-pub async fn list(State(inner): State<Arc<EngineInner>>) -> Response {
-    Json(json!({ "plugins": inner.plugins.list() })).into_response()
+pub async fn list(State(state): State<HttpState>) -> Response {
+    Json(json!({ "plugins": state.plugins.list() })).into_response()
 }
 
 /// `GET /v1/plugins/{name}`.
-pub async fn get(
-    State(inner): State<Arc<EngineInner>>,
-    Path(name): Path<String>,
-) -> ApiResult<Response> {
-    let info = inner
+pub async fn get(State(state): State<HttpState>, Path(name): Path<String>) -> ApiResult<Response> {
+    let info = state
         .plugins
         .get(&name)
         .ok_or(RegistryError::NotFound(name))?;
@@ -51,7 +33,7 @@ pub async fn get(
 
 /// `PUT /v1/plugins/{name}[?hooks=a,b][&config.KEY=VALUE…]` with the `.lua` or `.wasm` as body.
 pub async fn put(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
     body: Bytes,
@@ -79,7 +61,7 @@ pub async fn put(
             )));
         }
     }
-    let info = inner
+    let info = state
         .plugins
         .put(&name, body.to_vec(), hooks, config)
         .await?;
@@ -88,9 +70,9 @@ pub async fn put(
 
 /// `DELETE /v1/plugins/{name}`.
 pub async fn delete(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    inner.plugins.delete(&name).await?;
+    state.plugins.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -1,7 +1,6 @@
 //! Configuration-profile library endpoints under `/v1/profiles`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -11,30 +10,18 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
-use crate::engine::EngineInner;
+use crate::http::HttpState;
 use crate::profiles::{Change, ProfileLibraryError};
 use crate::store::ProfileMeta;
 use crate::wire::mobileconfig::CONTENT_TYPE;
-
-impl From<ProfileLibraryError> for ApiError {
-    fn from(e: ProfileLibraryError) -> Self {
-        match e {
-            ProfileLibraryError::NotFound(_) => Self::NotFound(e.to_string()),
-            ProfileLibraryError::InvalidName(_)
-            | ProfileLibraryError::TooLarge { .. }
-            | ProfileLibraryError::Invalid(_) => Self::BadRequest(e.to_string()),
-            ProfileLibraryError::Store(s) => Self::Store(s),
-        }
-    }
-}
 
 fn not_found(name: &str) -> ApiError {
     ProfileLibraryError::NotFound(name.to_owned()).into()
 }
 
 /// `GET /v1/profiles`: every profile's metadata, by name.
-pub async fn list(State(inner): State<Arc<EngineInner>>) -> ApiResult<Response> {
-    let profiles = inner.profiles.list().await?;
+pub async fn list(State(state): State<HttpState>) -> ApiResult<Response> {
+    let profiles = state.profiles.list().await?;
     Ok(Json(json!({ "profiles": profiles })).into_response())
 }
 
@@ -63,12 +50,12 @@ fn wants_download(query: &BTreeMap<String, String>) -> ApiResult<bool> {
 /// `GET /v1/profiles/{name}[?download=1]`: the metadata, or the exact uploaded bytes as
 /// `application/x-apple-aspen-config`.
 pub async fn get(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> ApiResult<Response> {
     let download = wants_download(&query)?;
-    let profile = inner
+    let profile = state
         .profiles
         .get(&name)
         .await?
@@ -103,7 +90,7 @@ fn with_change(meta: &ProfileMeta, change: Change) -> serde_json::Value {
 /// `PUT /v1/profiles/{name}` with the `.mobileconfig` (XML, binary or CMS-signed) as the body:
 /// 201 when created, 200 when replaced or unchanged, 400 with the validation message.
 pub async fn put(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
@@ -112,7 +99,7 @@ pub async fn put(
             "empty body: send the .mobileconfig (XML, binary or CMS-signed) as the body".into(),
         ));
     }
-    let outcome = inner.profiles.put(&name, body.to_vec()).await?;
+    let outcome = state.profiles.put(&name, body.to_vec()).await?;
     let status = if outcome.change == Change::Created {
         StatusCode::CREATED
     } else {
@@ -123,9 +110,9 @@ pub async fn put(
 
 /// `DELETE /v1/profiles/{name}`: 204, or 404 if there is no such profile.
 pub async fn delete(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    inner.profiles.delete(&name).await?;
+    state.profiles.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

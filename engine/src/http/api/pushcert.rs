@@ -1,7 +1,6 @@
 //! Push certificates: `PUT /v1/pushcert`, `GET /v1/pushcert`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -9,14 +8,13 @@ use axum::extract::{Query, State};
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
-use crate::engine::EngineInner;
-use crate::push::apns::PushError;
+use crate::http::HttpState;
 use crate::wire::apns::PushCertificate;
 
 /// `PUT /v1/pushcert`: the PEM certificate followed by its unencrypted PEM key (NanoMDM's
 /// format), or a PKCS#12 file with `?password=`. Answers `{"topic", "not_after", "state"}`.
 pub(crate) async fn put(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -26,14 +24,7 @@ pub(crate) async fn put(
         PushCertificate::from_pkcs12(&body, q.get("password").map_or("", String::as_str))
     }
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let info = inner
-        .apns
-        .add_certificate(cert)
-        .await
-        .map_err(|e| match e {
-            PushError::Store(s) => ApiError::Store(s),
-            other => ApiError::BadRequest(other.to_string()),
-        })?;
+    let info = state.apns.add_certificate(cert).await?;
     Ok(Json(json!({
         "topic": info.topic,
         "not_after": info.not_after,
@@ -42,10 +33,8 @@ pub(crate) async fn put(
 }
 
 /// `GET /v1/pushcert`: the first certificate's topic and expiry, and all of them.
-pub(crate) async fn get(
-    State(inner): State<Arc<EngineInner>>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let certs = inner.apns.certificates();
+pub(crate) async fn get(State(state): State<HttpState>) -> ApiResult<Json<serde_json::Value>> {
+    let certs = state.apns.certificates();
     let first = certs
         .first()
         .ok_or_else(|| ApiError::NotFound("no push certificate uploaded".into()))?;
@@ -53,7 +42,7 @@ pub(crate) async fn get(
         "topic": first.topic,
         "not_after": first.not_after,
         "state": first.state,
-        "circuit_open": inner.apns.is_circuit_open(),
+        "circuit_open": state.apns.is_circuit_open(),
         "certificates": certs,
     })))
 }

@@ -1,7 +1,5 @@
 //! Webhook subscription endpoints under `/v1/webhooks`.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -11,19 +9,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
-use crate::engine::EngineInner;
-use crate::webhooks::{WebhookError, WebhookSpec};
-
-impl From<WebhookError> for ApiError {
-    fn from(e: WebhookError) -> Self {
-        match e {
-            WebhookError::NotFound(_) => Self::NotFound(e.to_string()),
-            WebhookError::Invalid(_) => Self::BadRequest(e.to_string()),
-            WebhookError::Store(s) => Self::Store(s),
-            WebhookError::Seal(_) | WebhookError::Client(_) => Self::Internal(e.to_string()),
-        }
-    }
-}
+use crate::http::HttpState;
+use crate::webhooks::WebhookSpec;
 
 /// Body of `PUT /v1/webhooks/{name}`.
 #[derive(Debug, Deserialize)]
@@ -38,23 +25,23 @@ pub(crate) struct PutBody {
 }
 
 /// `GET /v1/webhooks`: every subscription with its delivery state (never the secret).
-pub(crate) async fn list(State(inner): State<Arc<EngineInner>>) -> ApiResult<Response> {
-    let hooks = inner.webhooks.list().await?;
+pub(crate) async fn list(State(state): State<HttpState>) -> ApiResult<Response> {
+    let hooks = state.webhooks.list().await?;
     Ok(Json(json!({ "webhooks": hooks })).into_response())
 }
 
 /// `GET /v1/webhooks/{name}`.
 pub(crate) async fn get(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(inner.webhooks.get(&name).await?).into_response())
+    Ok(Json(state.webhooks.get(&name).await?).into_response())
 }
 
 /// `PUT /v1/webhooks/{name}`: create (201) or replace (200). The answer carries `secret` only when
 /// the engine generated it.
 pub(crate) async fn put(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
     body: Result<Json<PutBody>, JsonRejection>,
 ) -> ApiResult<Response> {
@@ -66,7 +53,7 @@ pub(crate) async fn put(
         enabled: b.enabled.unwrap_or(true),
         from_seq: b.from_seq,
     };
-    let out = inner.webhooks.put(&name, spec).await?;
+    let out = state.webhooks.put(&name, spec).await?;
     let mut view = serde_json::to_value(&out.webhook)
         .map_err(|e| ApiError::Internal(format!("cannot encode webhook: {e}")))?;
     if let (Some(secret), Some(map)) = (out.generated_secret, view.as_object_mut()) {
@@ -82,17 +69,17 @@ pub(crate) async fn put(
 
 /// `DELETE /v1/webhooks/{name}`.
 pub(crate) async fn delete(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    inner.webhooks.delete(&name).await?;
+    state.webhooks.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `POST /v1/webhooks/{name}/test`: one signed `webhook.test` delivery, now; reports the answer.
 pub(crate) async fn test(
-    State(inner): State<Arc<EngineInner>>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(inner.webhooks.test(&name).await?).into_response())
+    Ok(Json(state.webhooks.test(&name).await?).into_response())
 }

@@ -371,9 +371,15 @@ impl QueueStore for RedbStore {
         })
     }
 
-    async fn cancel(&self, id: &EnrollmentId, uuid: &str, now: Timestamp) -> StoreResult<bool> {
+    async fn cancel_emitting(
+        &self,
+        id: &EnrollmentId,
+        uuid: &str,
+        now: Timestamp,
+        emit: Emit<bool>,
+    ) -> StoreResult<(bool, Vec<Event>)> {
         let (id, uuid) = (id.clone(), uuid.to_owned());
-        self.write(move |txn| {
+        self.write_emitting(emit, now, move |txn| {
             let seq = txn
                 .open_table(QUEUE_INDEX)
                 .map_err(backend)?
