@@ -27,7 +27,7 @@ pub enum DeviceCommand {
         /// Devices per page (at most 1,000; the API's default is 100).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
         limit: Option<u16>,
-        /// Follow `next_after` until every page is read.
+        /// Follow `next` until every page is read.
         #[arg(long)]
         all: bool,
         /// Print the API's JSON answer (with `--all`: every device in one `devices` array).
@@ -114,7 +114,7 @@ pub async fn run(remote: &Remote, cmd: DeviceCommand) -> anyhow::Result<()> {
                 )
                 .await?;
                 let got = page["devices"].as_array().cloned().unwrap_or_default();
-                let next = page["next_after"].as_str().map(str::to_owned);
+                let next = page["next"].as_str().map(str::to_owned);
                 let empty = got.is_empty();
                 devices.extend(got);
                 match next {
@@ -124,7 +124,10 @@ pub async fn run(remote: &Remote, cmd: DeviceCommand) -> anyhow::Result<()> {
                 }
             };
             if json {
-                return print_json(&json!({ "devices": devices, "next_after": next }));
+                // As the API answers: `next_after` is deprecated, removed in 0.2.
+                return print_json(
+                    &json!({ "devices": devices, "next": next, "next_after": next }),
+                );
             }
             if devices.is_empty() {
                 println!("No devices.");

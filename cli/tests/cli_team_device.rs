@@ -401,6 +401,7 @@ async fn team_and_device_subcommands_work_through_the_api() {
     );
     let list = ok_json(url, &["device", "list", "--limit", "1", "--json"]).await;
     assert_eq!(serials(&list), [both[0].as_str()]);
+    assert_eq!(list["next"], both[0].as_str());
     assert_eq!(list["next_after"], both[0].as_str());
     let list = ok_json(
         url,
@@ -412,6 +413,7 @@ async fn team_and_device_subcommands_work_through_the_api() {
     assert_eq!(serials(&list), [both[1].as_str()]);
     let list = ok_json(url, &["device", "list", "--limit", "1", "--all", "--json"]).await;
     assert_eq!(serials(&list), both);
+    assert_eq!(list["next"], Value::Null);
     assert_eq!(list["next_after"], Value::Null);
     let out = pomona(url, &["device", "list", "--limit", "1", "--all"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -1,4 +1,5 @@
-//! The check-in protocol end to end over real HTTP on loopback (reference §4–§6).
+//! The check-in protocol end to end over real HTTP on loopback (`docs/protocol.md`, from
+//! `#check-in-messages` to `#http-status-policy`).
 
 use plist::{Dictionary, Value};
 use pomona::wire::cms::SignatureStyle;
@@ -16,8 +17,8 @@ fn profile_list() -> Vec<u8> {
     xml(&d)
 }
 
-/// Reference §5's conformance sequence, driven by a device with a real-device-style signature
-/// (indefinite-length BER, SHA-1, no signed attributes).
+/// The queue conformance sequence (`docs/protocol.md#queue-conformance-sequence`), driven by a
+/// device with a real-device-style signature (indefinite-length BER, SHA-1, no signed attributes).
 #[tokio::test]
 async fn conformance_sequence_over_http() {
     let server = TestServer::start().await.unwrap();

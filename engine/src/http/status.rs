@@ -1,4 +1,4 @@
-//! The device-endpoint HTTP status policy (reference §6), in one place.
+//! The device-endpoint HTTP status policy (`docs/protocol.md#http-status-policy`), in one place.
 //!
 //! - 200: handled (empty body when there is nothing to send).
 //! - 400: unparseable body, bad or missing signature, untrusted or mismatched certificate.

@@ -1,9 +1,9 @@
 //! The storage conformance suite: every backend must pass [`run_all`].
 //!
 //! It drives a store through the traits exactly as the services do, including the command-queue
-//! sequence of reference §5, the device → user-channel cascade, reports for unknown UUIDs,
-//! duplicate UUIDs, queue clearing and garbage collection. Failures panic with a message naming
-//! the step, so call it from a test.
+//! sequence (`docs/protocol.md#queue-conformance-sequence`), the device → user-channel cascade,
+//! reports for unknown UUIDs, duplicate UUIDs, queue clearing and garbage collection. Failures
+//! panic with a message naming the step, so call it from a test.
 
 use time::Duration;
 
@@ -402,7 +402,7 @@ async fn scep_transactions<S: Store>(store: &S) {
     );
 }
 
-/// Reference §5, verbatim.
+/// The sequence of `docs/protocol.md#queue-conformance-sequence`, step by step.
 async fn queue_sequence<S: Store>(store: &S) {
     let c = enroll(store, "Q-1").await;
     let id = &c.id;

@@ -1,4 +1,4 @@
-//! APNs for MDM (reference §7): push certificates, the push request and APNs replies.
+//! APNs for MDM (`docs/protocol.md#apns`): push certificates, the push request and APNs replies.
 
 use openssl::nid::Nid;
 use openssl::pkcs12::Pkcs12;

@@ -1,4 +1,5 @@
-//! Check-in messages (`Content-Type: application/x-apple-aspen-mdm-checkin`), reference §4.
+//! Check-in messages (`Content-Type: application/x-apple-aspen-mdm-checkin`); see
+//! `docs/protocol.md#check-in-messages`.
 
 use plist::{Dictionary, Value};
 

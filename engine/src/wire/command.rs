@@ -1,4 +1,5 @@
-//! MDM commands: `{CommandUUID, Command: {RequestType, ...}}` plists (reference §5).
+//! MDM commands: `{CommandUUID, Command: {RequestType, ...}}` plists
+//! (`docs/protocol.md#commands-and-reports`).
 
 use plist::{Dictionary, Value};
 

@@ -1,4 +1,5 @@
-//! Configuration profiles (`.mobileconfig`) uploaded to the profile library, reference §10.
+//! Configuration profiles (`.mobileconfig`) uploaded to the profile library
+//! (`docs/protocol.md#configuration-profiles`).
 //!
 //! [`validate`] accepts what admins actually upload: an XML or binary property list, or either
 //! of them inside a CMS (PKCS#7) SignedData in DER or BER with the content attached, as
@@ -223,7 +224,7 @@ pub struct ProfileInfo {
     /// `PayloadScope` as written (absent: `None`).
     pub scope: Option<PayloadScope>,
     /// `PayloadScope` is `User`: it goes to a user channel, and cannot gate the release of a
-    /// device in Setup Assistant (reference §9).
+    /// device in Setup Assistant (`docs/protocol.md#setup-assistant-and-release`).
     pub user_scoped: bool,
     /// `PayloadRemovalDisallowed` (absent: false).
     pub removal_disallowed: bool,

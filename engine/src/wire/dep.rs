@@ -1,5 +1,6 @@
-//! Apple Business Manager / DEP wire formats (reference §8): OAuth 1.0a signing of `GET /session`,
-//! server-token decryption, and the JSON types of the enrollment API.
+//! Apple Business Manager / DEP wire formats (`docs/protocol.md#dep-and-apple-business-manager`):
+//! OAuth 1.0a signing of `GET /session`, server-token decryption, and the JSON types of the
+//! enrollment API.
 
 use std::collections::BTreeMap;
 
@@ -499,7 +500,8 @@ mod tests {
 
     #[test]
     fn openssl_cli_made_tokens_decrypt() {
-        // Reference §8.1: `openssl smime -encrypt -aes256 -binary` over a formatted message.
+        // `openssl smime -encrypt -aes256 -binary` over a formatted message
+        // (`docs/protocol.md#server-token`).
         if std::process::Command::new("openssl")
             .arg("version")
             .output()

@@ -1,4 +1,4 @@
-//! Enrollment IDs: one stable key per MDM channel (reference §4).
+//! Enrollment IDs: one stable key per MDM channel (`docs/protocol.md#enrollment-ids`).
 //!
 //! | Channel                    | ID                              | Parent          |
 //! |----------------------------|---------------------------------|-----------------|
@@ -144,7 +144,7 @@ fn checked<'a>(key: &'static str, value: &'a str) -> Result<&'a str, ChannelErro
 }
 
 impl Identifiers {
-    /// Resolve the channel these identifiers name (reference §4).
+    /// Resolve the channel these identifiers name (`docs/protocol.md#enrollment-ids`).
     pub fn channel(&self) -> Result<Channel, ChannelError> {
         if let Some(eid) = self.enrollment_id.as_deref() {
             let eid = checked("EnrollmentID", eid)?;

@@ -1,4 +1,4 @@
-//! Signed `MachineInfo` from Automated Device Enrollment (reference §1).
+//! Signed `MachineInfo` from Automated Device Enrollment (`docs/protocol.md#machineinfo`).
 //!
 //! During ADE the device POSTs a CMS-signed plist (or, in the web-view flow, sends the same bytes
 //! base64-encoded in `x-apple-aspen-deviceinfo`). The signature chains to Apple's device CA in

@@ -1,4 +1,4 @@
-//! The MDM enrollment profile (`.mobileconfig`), reference §1.
+//! The MDM enrollment profile (`.mobileconfig`) (`docs/protocol.md#enrollment-profile`).
 //!
 //! A `Configuration` profile holding a SCEP payload (the device identity), the MDM payload that
 //! points at Pomona, and optional root-certificate payloads for the server's TLS CA.

@@ -1,4 +1,5 @@
-//! Command reports: what a device PUTs to the `ServerURL` (reference §5).
+//! Command reports: what a device PUTs to the `ServerURL`
+//! (`docs/protocol.md#commands-and-reports`).
 
 use plist::Value;
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,5 @@
-//! The MDM commands of the setup experience (reference §9), built from their parts.
+//! The MDM commands of the setup experience (`docs/protocol.md#setup-assistant-and-release`),
+//! built from their parts.
 
 use plist::{Dictionary, Value};
 

@@ -42,7 +42,8 @@ pub async fn list(
     let next = full
         .then(|| devices.last().map(|d| d.serial_number.clone()))
         .flatten();
-    Ok(Json(json!({ "devices": devices, "next_after": next })).into_response())
+    // `next_after` is the pre-0.2 name of `next`: deprecated, removed in 0.2.
+    Ok(Json(json!({ "devices": devices, "next": next, "next_after": next })).into_response())
 }
 
 /// The device with this serial number, or a 404.
