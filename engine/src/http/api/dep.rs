@@ -25,6 +25,8 @@ impl From<DepServiceError> for ApiError {
             }
             DepServiceError::Exists(_) => Self::Conflict(e.to_string()),
             DepServiceError::Invalid(_)
+            | DepServiceError::KeyPair(_)
+            | DepServiceError::StoredToken(_)
             | DepServiceError::WrongServer { .. }
             | DepServiceError::Token(_) => Self::BadRequest(e.to_string()),
             DepServiceError::Api(_) => Self::Upstream(e.to_string()),

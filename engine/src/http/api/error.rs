@@ -44,7 +44,7 @@ impl IntoResponse for ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Store(StoreError::Backend(_) | StoreError::Unavailable(_)) => {
+            Self::Store(StoreError::Backend { .. } | StoreError::Unavailable { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
