@@ -8,7 +8,7 @@ use futures::stream::{FuturesOrdered, FuturesUnordered};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::placement::{BY_ADMIN, apply_place, place, place_question, policy_device};
+use super::placement::{BY_ADMIN, apply_place, place_question, policy_device};
 use super::steps::{ProfileSource, StepProblem, command_for};
 use crate::events::{Outbox, event, kind};
 use crate::mdm::commands::Commander;
