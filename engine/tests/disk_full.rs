@@ -99,7 +99,7 @@ async fn write_until_full(store: &RedbStore, prefix: &str) -> Vec<String> {
         let name = format!("{prefix}-{i}");
         match store.put_secret(&name, vec![7u8; 64 * 1024]).await {
             Ok(()) => committed.push(name),
-            Err(StoreError::Unavailable(_)) => return committed,
+            Err(StoreError::Unavailable { .. }) => return committed,
             Err(e) => panic!("a full disk must be Unavailable, got: {e:?}"),
         }
     }
@@ -129,12 +129,12 @@ async fn a_full_disk_refuses_writes_then_recovers_without_a_restart() {
 
     // Full: small writes are refused as Unavailable too; reads answer or say Unavailable.
     match store.put_secret("small", b"x".to_vec()).await {
-        Err(StoreError::Unavailable(_)) => {}
+        Err(StoreError::Unavailable { .. }) => {}
         other => panic!("expected Unavailable while the disk is full, got {other:?}"),
     }
     match store.secret("before-0").await {
         Ok(v) => assert_eq!(v, Some(vec![1u8; 1024])),
-        Err(StoreError::Unavailable(_)) => {}
+        Err(StoreError::Unavailable { .. }) => {}
         Err(e) => panic!("a read on a full disk: {e:?}"),
     }
 
@@ -144,7 +144,7 @@ async fn a_full_disk_refuses_writes_then_recovers_without_a_restart() {
     loop {
         match store.put_secret("after", b"back".to_vec()).await {
             Ok(()) => break,
-            Err(StoreError::Unavailable(e)) if Instant::now() < deadline => {
+            Err(StoreError::Unavailable { reason: e, .. }) if Instant::now() < deadline => {
                 let _ = e;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -23,13 +23,20 @@ const SECRET_KEY: &str = "ca.key";
 
 /// Errors creating, loading or using the CA.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CaError {
     /// OpenSSL failed.
     #[error("CA crypto failure: {0}")]
     Crypto(#[from] openssl::error::ErrorStack),
-    /// Imported PEM is unusable.
-    #[error("CA import: {0}")]
-    Import(String),
+    /// The imported certificate is not PEM.
+    #[error("CA import: certificate is not PEM: {0}")]
+    CertificateNotPem(#[source] openssl::error::ErrorStack),
+    /// The imported private key is not an unencrypted PEM key.
+    #[error("CA import: private key is not unencrypted PEM: {0}")]
+    KeyNotPem(#[source] openssl::error::ErrorStack),
+    /// The imported private key is not the certificate's.
+    #[error("CA import: private key does not match the certificate")]
+    KeyMismatch,
     /// A certificate does not chain to this CA or is not valid now.
     #[error("certificate not trusted: {0}")]
     Untrusted(String),
@@ -130,14 +137,10 @@ impl CertificateAuthority {
 
     /// Import a CA from PEM certificate and private key.
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, CaError> {
-        let cert = X509::from_pem(cert_pem)
-            .map_err(|e| CaError::Import(format!("certificate is not PEM: {e}")))?;
-        let key = PKey::private_key_from_pem(key_pem)
-            .map_err(|e| CaError::Import(format!("private key is not unencrypted PEM: {e}")))?;
+        let cert = X509::from_pem(cert_pem).map_err(CaError::CertificateNotPem)?;
+        let key = PKey::private_key_from_pem(key_pem).map_err(CaError::KeyNotPem)?;
         if !cert.public_key()?.public_eq(&key) {
-            return Err(CaError::Import(
-                "private key does not match the certificate".into(),
-            ));
+            return Err(CaError::KeyMismatch);
         }
         let trust = trust_store(&cert)?;
         Ok(Self { cert, key, trust })
@@ -277,7 +280,10 @@ mod tests {
             err.to_string(),
             "CA import: private key does not match the certificate"
         );
-        assert!(CertificateAuthority::from_pem(b"junk", &key).is_err());
+        let junk = CertificateAuthority::from_pem(b"junk", &key).unwrap_err();
+        assert!(matches!(junk, CaError::CertificateNotPem(_)), "{junk}");
+        let source = std::error::Error::source(&junk).expect("the OpenSSL error");
+        assert!(source.is::<openssl::error::ErrorStack>());
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ use crate::wire::dep::{self, OAuthToken, Profile};
 
 /// Errors of DEP administration.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DepServiceError {
     /// No such server.
     #[error("no DEP server named {0:?}")]
@@ -42,6 +43,12 @@ pub enum DepServiceError {
     /// The input is unacceptable.
     #[error("{0}")]
     Invalid(String),
+    /// OpenSSL could not encode or read the server's key pair.
+    #[error("{0}")]
+    KeyPair(#[source] openssl::error::ErrorStack),
+    /// The stored server token is unreadable.
+    #[error("stored token: {0}")]
+    StoredToken(#[source] serde_json::Error),
     /// The token does not belong to this server.
     #[error(
         "this token belongs to another DEP server (consumer key {found}, expected {expected}); upload with force to replace it"
@@ -276,9 +283,8 @@ impl DepService {
 
     fn new_keys(&self, name: &str) -> Result<DepKeyPair, DepServiceError> {
         let (cert, key) = dep::new_server_keypair(name)?;
-        let pem = |r: Result<Vec<u8>, openssl::error::ErrorStack>| {
-            r.map_err(|e| DepServiceError::Invalid(e.to_string()))
-        };
+        let pem =
+            |r: Result<Vec<u8>, openssl::error::ErrorStack>| r.map_err(DepServiceError::KeyPair);
         Ok(DepKeyPair {
             cert_pem: String::from_utf8_lossy(&pem(cert.to_pem())?).into_owned(),
             key_sealed: self.seal.seal(
@@ -319,13 +325,13 @@ impl DepService {
         for (staging, keys) in [(true, &s.staging_keys), (false, &s.current_keys)] {
             let Some(keys) = keys else { continue };
             let cert = openssl::x509::X509::from_pem(keys.cert_pem.as_bytes())
-                .map_err(|e| DepServiceError::Invalid(e.to_string()))?;
+                .map_err(DepServiceError::KeyPair)?;
             let key = openssl::pkey::PKey::private_key_from_pem(
                 &self
                     .seal
                     .unseal(&context::dep_server_key(name), &keys.key_sealed)?,
             )
-            .map_err(|e| DepServiceError::Invalid(e.to_string()))?;
+            .map_err(DepServiceError::KeyPair)?;
             match dep::decrypt_token(p7m, &cert, &key) {
                 Ok(t) => {
                     decrypted = Some((staging, t));
@@ -445,7 +451,7 @@ impl DepService {
                 .seal
                 .unseal(&context::dep_server_token(&s.name), sealed)?,
         )
-        .map_err(|e| DepServiceError::Invalid(format!("stored token: {e}")))?;
+        .map_err(DepServiceError::StoredToken)?;
         let client = Arc::new(
             DepClient::new(&base, token, s.protocol_version)
                 .with_backoff(self.options.api_backoff, self.options.api_retries),

@@ -198,7 +198,10 @@ pub(crate) mod testing {
     #[async_trait]
     impl EventStore for FailingAppends {
         async fn append_events(&self, _: Vec<NewEvent>, _: Timestamp) -> StoreResult<Vec<Event>> {
-            Err(StoreError::Backend("injected: event append failed".into()))
+            Err(StoreError::backend(
+                "append events",
+                "injected: event append failed",
+            ))
         }
         async fn events_after(&self, after: u64, limit: usize) -> StoreResult<Vec<Event>> {
             self.0.events_after(after, limit).await

@@ -21,7 +21,7 @@ pub fn device_status(err: &MdmError) -> StatusCode {
         MdmError::Declined => StatusCode::GONE,
         MdmError::NotFound(_) => StatusCode::NOT_FOUND,
         MdmError::Unenroll(_) => StatusCode::UNAUTHORIZED,
-        MdmError::Store(StoreError::Backend(_) | StoreError::Unavailable(_)) => {
+        MdmError::Store(StoreError::Backend { .. } | StoreError::Unavailable { .. }) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         MdmError::Store(_) | MdmError::Seal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -58,8 +58,8 @@ mod tests {
             MdmError::Identity(IdentityError::NotEscrowHolder("x")),
             MdmError::Declined,
             MdmError::NotFound("x".into()),
-            MdmError::Store(StoreError::Backend("disk".into())),
-            MdmError::Store(StoreError::Unavailable("disk full".into())),
+            MdmError::Store(StoreError::backend("write", "disk")),
+            MdmError::Store(StoreError::unavailable("disk full")),
             MdmError::Store(StoreError::DuplicateCommand("x".into())),
         ];
         for e in &cases {
@@ -71,7 +71,7 @@ mod tests {
         );
         assert_eq!(device_status(&MdmError::Declined), StatusCode::GONE);
         assert_eq!(
-            device_status(&MdmError::Store(StoreError::Unavailable("full".into()))),
+            device_status(&MdmError::Store(StoreError::unavailable("full"))),
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(

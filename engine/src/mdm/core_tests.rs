@@ -21,7 +21,10 @@ struct FailingAppends;
 #[async_trait]
 impl EventStore for FailingAppends {
     async fn append_events(&self, _: Vec<NewEvent>, _: Timestamp) -> StoreResult<Vec<Event>> {
-        Err(StoreError::Backend("injected: event append failed".into()))
+        Err(StoreError::backend(
+            "append events",
+            "injected: event append failed",
+        ))
     }
     async fn events_after(&self, _: u64, _: usize) -> StoreResult<Vec<Event>> {
         Ok(Vec::new())

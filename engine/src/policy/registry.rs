@@ -58,6 +58,7 @@ pub enum RegistryError {
         /// The plugin.
         name: String,
         /// What went wrong.
+        #[source]
         error: PluginError,
     },
     /// The store failed.

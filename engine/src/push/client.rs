@@ -19,20 +19,54 @@ use tokio_openssl::SslStream;
 use crate::wire::apns::{Disposition, PushCertificate, classify, push_body};
 
 /// Errors talking to APNs (transport level: the push may be retried).
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApnsError {
     /// The base URL is unusable.
     #[error("invalid APNs base URL {0:?}")]
     BadUrl(String),
     /// TLS setup failed.
     #[error("APNs TLS setup: {0}")]
-    Tls(String),
-    /// Connecting failed.
+    Tls(#[source] openssl::error::ErrorStack),
+    /// No connection within the deadline.
     #[error("cannot connect to APNs at {0}")]
     Connect(String),
+    /// The TCP connection failed.
+    #[error("cannot connect to APNs at {addr}: {source}")]
+    Tcp {
+        /// `host:port`.
+        addr: String,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed.
+    #[error("cannot connect to APNs at {addr}: TLS: {source}")]
+    Handshake {
+        /// `host:port`.
+        addr: String,
+        /// The TLS error.
+        #[source]
+        source: openssl::ssl::Error,
+    },
+    /// The HTTP/2 handshake failed.
+    #[error("cannot connect to APNs at {addr}: HTTP/2: {source}")]
+    Http2 {
+        /// `host:port`.
+        addr: String,
+        /// The HTTP/2 error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The request could not be built.
+    #[error("APNs request failed: {0}")]
+    BadRequest(#[source] http::Error),
     /// The request failed on the wire.
     #[error("APNs request failed: {0}")]
-    Request(String),
+    Request(#[source] hyper::Error),
+    /// No answer within the request timeout.
+    #[error("APNs request failed: timed out")]
+    Timeout,
 }
 
 /// Where and how to reach APNs.
@@ -120,7 +154,7 @@ impl ApnsClient {
     /// A client for `cert`'s topic at `endpoint`. Connections open lazily.
     pub fn new(cert: &PushCertificate, endpoint: &ApnsEndpoint) -> Result<Arc<Self>, ApnsError> {
         let target = parse_base(&endpoint.base_url)?;
-        let tls = |e: openssl::error::ErrorStack| ApnsError::Tls(e.to_string());
+        let tls = ApnsError::Tls;
         let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(tls)?;
         b.set_certificate(&cert.cert).map_err(tls)?;
         for c in &cert.chain {
@@ -156,27 +190,31 @@ impl ApnsClient {
                     self.connect_timeout.as_millis()
                 ))
             })?
-            .map_err(|e| ApnsError::Connect(format!("{addr}: {e}")))?;
+            .map_err(|source| ApnsError::Tcp {
+                addr: addr.clone(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
-        let mut config = self
-            .connector
-            .configure()
-            .map_err(|e| ApnsError::Tls(e.to_string()))?;
+        let mut config = self.connector.configure().map_err(ApnsError::Tls)?;
         config.set_use_server_name_indication(true);
-        let ssl: Ssl = config
-            .into_ssl(&self.target.host)
-            .map_err(|e| ApnsError::Tls(e.to_string()))?;
-        let mut stream = SslStream::new(ssl, tcp).map_err(|e| ApnsError::Tls(e.to_string()))?;
+        let ssl: Ssl = config.into_ssl(&self.target.host).map_err(ApnsError::Tls)?;
+        let mut stream = SslStream::new(ssl, tcp).map_err(ApnsError::Tls)?;
         // TLS and HTTP/2 handshakes share one deadline: a server or proxy that accepts the
         // connection and then says nothing must not hold the push (and the caller) forever.
         let handshakes = async {
             Pin::new(&mut stream)
                 .connect()
                 .await
-                .map_err(|e| ApnsError::Connect(format!("{addr}: TLS: {e}")))?;
+                .map_err(|source| ApnsError::Handshake {
+                    addr: addr.clone(),
+                    source,
+                })?;
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await
-                .map_err(|e| ApnsError::Connect(format!("{addr}: HTTP/2: {e}")))
+                .map_err(|source| ApnsError::Http2 {
+                    addr: addr.clone(),
+                    source,
+                })
         };
         let (send, conn) = tokio::time::timeout(self.handshake_timeout, handshakes)
             .await
@@ -233,16 +271,10 @@ impl ApnsClient {
         .header("apns-expiration", "0")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(push_body(push_magic))))
-        .map_err(|e| ApnsError::Request(e.to_string()))?;
+        .map_err(ApnsError::BadRequest)?;
         let result = tokio::time::timeout(self.timeout, async {
-            sender
-                .ready()
-                .await
-                .map_err(|e| ApnsError::Request(e.to_string()))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| ApnsError::Request(e.to_string()))?;
+            sender.ready().await.map_err(ApnsError::Request)?;
+            let resp = sender.send_request(req).await.map_err(ApnsError::Request)?;
             let status = resp.status().as_u16();
             let apns_id = resp
                 .headers()
@@ -253,12 +285,12 @@ impl ApnsClient {
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| ApnsError::Request(e.to_string()))?
+                .map_err(ApnsError::Request)?
                 .to_bytes();
             Ok::<_, ApnsError>(classify(status, apns_id.as_deref(), &body))
         })
         .await
-        .unwrap_or_else(|_| Err(ApnsError::Request("timed out".into())));
+        .unwrap_or_else(|_| Err(ApnsError::Timeout));
         if result.is_err() {
             self.drop_connection(slot).await;
         }

@@ -482,8 +482,9 @@ impl FirstIssuanceFails {
         if self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
             Ok(())
         } else {
-            Err(StoreError::Backend(
-                "injected: issuance write failed".into(),
+            Err(StoreError::backend(
+                "issue certificate",
+                "injected: issuance write failed",
             ))
         }
     }

@@ -30,14 +30,28 @@ use crate::wire::machine_info::MachineInfo;
 
 /// Errors from any storage operation.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The backend failed (I/O, corruption, a closed database). Usually transient for callers.
-    #[error("storage backend error: {0}")]
-    Backend(String),
+    /// Build one with [`StoreError::backend`].
+    #[error("storage backend error: {operation}: {source}")]
+    Backend {
+        /// What the backend was doing (`"open table"`, `"commit"`, …).
+        operation: &'static str,
+        /// The backend's own error ([`std::error::Error::source`] of this one).
+        #[source]
+        source: BackendSource,
+    },
     /// The database cannot be used right now: an I/O error such as a full disk. Requests get
     /// HTTP 503 until the store has reopened the database by itself; nothing committed is lost.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
+    #[error("storage unavailable: {reason}")]
+    Unavailable {
+        /// What failed and what happens next.
+        reason: String,
+        /// The I/O error that made the database unusable, when this operation met it.
+        #[source]
+        source: Option<BackendSource>,
+    },
     /// A stored record could not be decoded.
     #[error("stored record {what} is corrupt: {detail}")]
     Corrupt {
@@ -68,6 +82,62 @@ pub enum StoreError {
         /// Highest version this build knows.
         supported: u64,
     },
+}
+
+impl StoreError {
+    /// A [`StoreError::Backend`]: the backend failed while doing `operation`, because of `source`.
+    pub fn backend(
+        operation: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Backend {
+            operation,
+            source: BackendSource::new(source),
+        }
+    }
+
+    /// A [`StoreError::Unavailable`] without an underlying error.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+}
+
+/// The cause of a [`StoreError::Backend`]: the backend's own error, shared so that
+/// [`StoreError`] stays `Clone` (one failed commit answers every write of its batch).
+///
+/// It dereferences to the error itself, so `source.downcast_ref::<redb::Error>()` works, and
+/// [`std::error::Error::source`] of the [`StoreError`] is that error, not this wrapper.
+#[derive(Clone)]
+pub struct BackendSource(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl BackendSource {
+    /// Wrap a backend's error.
+    pub fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(source.into().into())
+    }
+}
+
+impl std::ops::Deref for BackendSource {
+    type Target = dyn std::error::Error + Send + Sync + 'static;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for BackendSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for BackendSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
 }
 
 /// Result alias for storage operations.

@@ -159,6 +159,7 @@ pub struct TestDelivery {
 
 /// Errors of webhook administration.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WebhookError {
     /// No such subscription.
     #[error("no webhook named {0:?}")]
@@ -174,7 +175,7 @@ pub enum WebhookError {
     Seal(#[from] SealError),
     /// The HTTP client could not be built.
     #[error("webhook HTTP client: {0}")]
-    Client(String),
+    Client(#[source] reqwest::Error),
 }
 
 /// What the delivery workers share.
@@ -297,7 +298,7 @@ impl WebhookService {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("pomona-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| WebhookError::Client(e.to_string()))?;
+            .map_err(WebhookError::Client)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 shared: Arc::new(Shared {

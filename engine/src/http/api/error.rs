@@ -53,7 +53,7 @@ impl IntoResponse for ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Store(StoreError::Backend(_) | StoreError::Unavailable(_)) => {
+            Self::Store(StoreError::Backend { .. } | StoreError::Unavailable { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -80,6 +80,8 @@ impl From<DepServiceError> for ApiError {
             }
             DepServiceError::Exists(_) => Self::Conflict(e.to_string()),
             DepServiceError::Invalid(_)
+            | DepServiceError::KeyPair(_)
+            | DepServiceError::StoredToken(_)
             | DepServiceError::WrongServer { .. }
             | DepServiceError::Token(_) => Self::BadRequest(e.to_string()),
             DepServiceError::Api(_) => Self::Upstream(e.to_string()),

@@ -3,7 +3,7 @@
 use ::redb::{ReadableTable, WriteTransaction};
 use async_trait::async_trait;
 
-use super::misc::append_in;
+use super::events::append_in;
 use super::tables::{DEP_DEVICES, DEP_DUE, DEP_PROFILES, DEP_REASK, DEP_SERVERS};
 use super::{RedbStore, backend, decode, encode};
 use crate::store::{

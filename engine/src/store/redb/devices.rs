@@ -1,23 +1,21 @@
-//! [`TeamStore`] and [`DeviceStore`] on redb.
+//! [`DeviceStore`] on redb.
 //!
-//! `teams` and `devices` hold JSON records by name and serial; `device_by_enrollment` indexes
-//! devices by their device channel; `setups` holds one JSON [`SetupRecord`] per enrollment, with
-//! `setup_commands` (command UUID → enrollment) and `setup_due` ((ms, enrollment) → ()) beside it.
-//! Consumer cursors live in `meta` under `cursor.<name>`.
+//! `devices` holds JSON records by serial; `device_by_enrollment` indexes devices by their device
+//! channel; `setups` holds one JSON [`SetupRecord`] per enrollment, with `setup_commands` (command
+//! UUID → enrollment) and `setup_due` ((ms, enrollment) → ()) beside it. Consumer cursors live in
+//! `meta` under `cursor.<name>`.
 
 use ::redb::{ReadableTable, WriteTransaction};
 use async_trait::async_trait;
 
-use super::misc::append_in;
+use super::events::append_in;
 use super::sealed::{open_json, seal_json};
-use super::tables::{
-    DEVICE_BY_ENROLLMENT, DEVICES, META, SETUP_COMMANDS, SETUP_DUE, SETUPS, TEAMS,
-};
+use super::tables::{DEVICE_BY_ENROLLMENT, DEVICES, META, SETUP_COMMANDS, SETUP_DUE, SETUPS};
 use super::{RedbStore, backend, decode, encode};
 use crate::seal::{SealKey, context};
 use crate::store::{
-    DeviceQuery, DeviceRecord, DeviceStore, Emit, Event, LifecycleWrite, SetupRecord, SetupState,
-    StoreResult, Team, TeamStore, Timestamp,
+    DeviceQuery, DeviceRecord, DeviceStore, Event, LifecycleWrite, SetupRecord, SetupState,
+    StoreResult, Timestamp,
 };
 
 fn ms(t: Timestamp) -> i64 {
@@ -26,78 +24,6 @@ fn ms(t: Timestamp) -> i64 {
 
 fn cursor_key(name: &str) -> String {
     format!("cursor.{name}")
-}
-
-#[async_trait]
-impl TeamStore for RedbStore {
-    async fn put_team_emitting(
-        &self,
-        team: &Team,
-        emit: Emit<()>,
-    ) -> StoreResult<((), Vec<Event>)> {
-        let name = team.name.clone();
-        let sealed = seal_json(&self.seal, &context::team(&name), team);
-        self.write_emitting(emit, time::OffsetDateTime::now_utc(), move |txn| {
-            txn.open_table(TEAMS)
-                .map_err(backend)?
-                .insert(name.as_str(), sealed.as_slice())
-                .map_err(backend)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn delete_team_emitting(
-        &self,
-        name: &str,
-        emit: Emit<bool>,
-    ) -> StoreResult<(bool, Vec<Event>)> {
-        let name = name.to_owned();
-        self.write_emitting(emit, time::OffsetDateTime::now_utc(), move |txn| {
-            Ok(txn
-                .open_table(TEAMS)
-                .map_err(backend)?
-                .remove(name.as_str())
-                .map_err(backend)?
-                .is_some())
-        })
-        .await
-    }
-
-    async fn team(&self, name: &str) -> StoreResult<Option<Team>> {
-        self.read(|txn| {
-            let t = txn.open_table(TEAMS).map_err(backend)?;
-            t.get(name)
-                .map_err(backend)?
-                .map(|v| {
-                    open_json(
-                        &self.seal,
-                        &format!("team {name}"),
-                        &context::team(name),
-                        v.value(),
-                    )
-                })
-                .transpose()
-        })
-    }
-
-    async fn teams(&self) -> StoreResult<Vec<Team>> {
-        self.read(|txn| {
-            let t = txn.open_table(TEAMS).map_err(backend)?;
-            let mut out = Vec::new();
-            for e in t.range::<&str>(..).map_err(backend)? {
-                let (k, v) = e.map_err(backend)?;
-                let name = k.value();
-                out.push(open_json(
-                    &self.seal,
-                    &format!("team {name}"),
-                    &context::team(name),
-                    v.value(),
-                )?);
-            }
-            Ok(out)
-        })
-    }
 }
 
 fn put_device(txn: &WriteTransaction, d: &DeviceRecord) -> StoreResult<()> {

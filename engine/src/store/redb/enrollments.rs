@@ -1,4 +1,5 @@
-//! [`EnrollmentStore`] and [`PushStore`] on redb.
+//! [`EnrollmentStore`] on redb: enrollment records in `enrollments`, user channels by device in
+//! `user_channels`.
 
 use ::redb::{ReadableTable, WriteTransaction};
 use async_trait::async_trait;
@@ -6,8 +7,8 @@ use async_trait::async_trait;
 use super::tables::{ENROLLMENTS, USER_CHANNELS};
 use super::{RedbStore, backend, decode, encode};
 use crate::store::{
-    DeviceFacts, Emit, Enrollment, EnrollmentQuery, EnrollmentStore, Event, PushInfo, PushStore,
-    StoreResult, Timestamp,
+    DeviceFacts, Emit, Enrollment, EnrollmentQuery, EnrollmentStore, Event, PushInfo, StoreResult,
+    Timestamp,
 };
 use crate::wire::checkin::{Authenticate, TokenUpdate};
 use crate::wire::enrollment_id::{Channel, EnrollmentId};
@@ -234,45 +235,5 @@ impl EnrollmentStore for RedbStore {
             Ok(())
         })
         .await
-    }
-}
-
-#[async_trait]
-impl PushStore for RedbStore {
-    async fn push_targets(
-        &self,
-        ids: &[EnrollmentId],
-    ) -> StoreResult<Vec<(EnrollmentId, Option<PushInfo>)>> {
-        self.read(|txn| {
-            let table = txn.open_table(ENROLLMENTS).map_err(backend)?;
-            ids.iter()
-                .map(|id| {
-                    let info = match table.get(id.as_str()).map_err(backend)? {
-                        Some(v) => {
-                            let e: Enrollment = decode(&format!("enrollment {id}"), v.value())?;
-                            e.push.filter(|_| e.enabled)
-                        }
-                        None => None,
-                    };
-                    Ok((id.clone(), info))
-                })
-                .collect()
-        })
-    }
-
-    async fn invalidate_push(&self, id: &EnrollmentId, emit: Emit<()>) -> StoreResult<Vec<Event>> {
-        let id = id.clone();
-        let now = time::OffsetDateTime::now_utc();
-        self.write_emitting(emit, now, move |txn| {
-            if let Some(mut e) = load(txn, id.as_str())?
-                && let Some(p) = e.push.as_mut()
-            {
-                p.valid = false;
-                save(txn, &e)?;
-            }
-            Ok(())
-        })
-        .await
-        .map(|(_, events)| events)
     }
 }

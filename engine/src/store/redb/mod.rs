@@ -5,54 +5,42 @@
 //! them together (group commit), so one fsync covers a whole burst of check-ins. Each write
 //! closure is atomic on its own: if one fails, the batch is aborted and re-run without it.
 
+mod bootstrap;
+mod challenges;
 mod dep;
+mod device_info;
 mod devices;
 mod enrollments;
+mod error;
+mod events;
 mod identity;
-mod misc;
+mod migrate;
 mod plugins;
 mod profiles;
+mod push;
 mod queue;
-mod scep;
+mod scep_transactions;
 mod sealed;
+mod secrets;
 mod tables;
+mod teams;
 mod webhooks;
+mod writer;
 
-use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
 
-use ::redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
-};
+use ::redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
 
+use self::error::{InFile, WriterGone, backend};
+pub use self::migrate::SCHEMA_VERSION;
+use self::migrate::migrate;
+use self::writer::{AnyBox, Job, Shared, WriteOp, run_writer};
 use super::{StoreError, StoreResult};
 use crate::seal::SealKey;
-
-/// The schema version this build writes. Bump it with a migration in [`migrate`].
-///
-/// Version 2 seals command payloads, command results and library profile bytes, binds sealed
-/// tokens and DEP keys to their record ([`crate::seal::context`]), and indexes SCEP challenges
-/// by expiry (`scep_challenge_expiry`).
-pub const SCHEMA_VERSION: u64 = 2;
-
-/// Most write closures committed in one transaction.
-const MAX_BATCH: usize = 512;
-
-/// How often the writer tries to reopen a database that failed with an I/O error (disk full).
-const REOPEN_EVERY: Duration = Duration::from_secs(1);
-
-type AnyBox = Box<dyn Any + Send>;
-type WriteOp = Box<dyn Fn(&WriteTransaction) -> StoreResult<AnyBox> + Send>;
-
-struct Job {
-    op: WriteOp,
-    reply: oneshot::Sender<StoreResult<AnyBox>>,
-}
 
 /// A Pomona store in a redb database.
 ///
@@ -64,61 +52,6 @@ pub struct RedbStore {
     shared: Arc<Shared>,
     writer: mpsc::Sender<Job>,
     seal: SealKey,
-}
-
-/// The open database, shared by readers and the writer thread.
-///
-/// After an I/O error (a full disk, typically) redb refuses every later operation until the
-/// database is closed and opened again. The writer thread then closes it (readers and writers get
-/// [`StoreError::Unavailable`] meanwhile) and every [`REOPEN_EVERY`] tries to open the file again;
-/// redb's repair on open finds the last committed transaction.
-struct Shared {
-    db: RwLock<Option<Arc<Database>>>,
-    /// The file, for reopening (`None` for an in-memory database, which cannot be reopened).
-    path: Option<PathBuf>,
-    /// The database failed with an I/O error and must be reopened before the next write.
-    broken: AtomicBool,
-}
-
-impl Shared {
-    fn current(&self) -> StoreResult<Arc<Database>> {
-        self.db
-            .read()
-            .expect("database lock")
-            .clone()
-            .ok_or_else(|| unavailable("the database is being reopened after an I/O error"))
-    }
-
-    /// Close the failed database and open the file again. False if that is not possible yet.
-    fn reopen(&self) -> bool {
-        let Some(path) = &self.path else {
-            return false;
-        };
-        let taken = self.db.write().expect("database lock").take();
-        if let Some(old) = taken {
-            match Arc::try_unwrap(old) {
-                // Dropping it releases the file; its unclean state is repaired on open.
-                Ok(db) => drop(db),
-                Err(still_read) => {
-                    // A reader still holds it: try again later.
-                    *self.db.write().expect("database lock") = Some(still_read);
-                    return false;
-                }
-            }
-        }
-        match Database::create(path) {
-            Ok(db) => {
-                *self.db.write().expect("database lock") = Some(Arc::new(db));
-                self.broken.store(false, Ordering::Release);
-                tracing::warn!(path = %path.display(), "database reopened after an I/O error");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "database still unavailable");
-                false
-            }
-        }
-    }
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -133,18 +66,14 @@ impl RedbStore {
     ///
     /// A new file is created readable and writable by its owner only (0600 on Unix).
     pub fn open(path: impl AsRef<Path>, seal: &SealKey) -> StoreResult<Self> {
-        create_private(path.as_ref()).map_err(|e| {
-            StoreError::Backend(format!(
-                "cannot create database {}: {e}",
-                path.as_ref().display()
-            ))
-        })?;
-        let db = Database::create(path.as_ref()).map_err(|e| {
-            StoreError::Backend(format!(
-                "cannot open database {}: {e}",
-                path.as_ref().display()
-            ))
-        })?;
+        let in_file = |source| InFile {
+            path: path.as_ref().to_owned(),
+            source,
+        };
+        create_private(path.as_ref())
+            .map_err(|e| StoreError::backend("create database", in_file(e.into())))?;
+        let db = Database::create(path.as_ref())
+            .map_err(|e| StoreError::backend("open database", in_file(e.into())))?;
         Self::start(
             db,
             Some(path.as_ref().to_owned()),
@@ -182,7 +111,7 @@ impl RedbStore {
         std::thread::Builder::new()
             .name("pomona-redb-writer".into())
             .spawn(move || run_writer(&writer_shared, &rx, durability))
-            .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
+            .map_err(|e| StoreError::backend("start writer thread", e))?;
         Ok(Self {
             shared,
             writer: tx,
@@ -197,7 +126,7 @@ impl RedbStore {
             let txn = db.begin_read().map_err(backend)?;
             f(&txn)
         };
-        if matches!(result, Err(StoreError::Unavailable(_)))
+        if matches!(result, Err(StoreError::Unavailable { .. }))
             && !self.shared.broken.swap(true, Ordering::AcqRel)
         {
             // The database failed under a read: wake the writer so it reopens it.
@@ -222,10 +151,10 @@ impl RedbStore {
         let op: WriteOp = Box::new(move |txn| f(txn).map(|v| Box::new(v) as AnyBox));
         self.writer
             .send(Job { op, reply })
-            .map_err(|_| StoreError::Backend("database writer has stopped".into()))?;
+            .map_err(|_| StoreError::backend("write", WriterGone::Stopped))?;
         let value = rx
             .await
-            .map_err(|_| StoreError::Backend("database writer dropped a request".into()))??;
+            .map_err(|_| StoreError::backend("write", WriterGone::DroppedRequest))??;
         Ok(*value
             .downcast::<T>()
             .expect("writer returns the closure's own type"))
@@ -242,119 +171,11 @@ impl RedbStore {
     ) -> StoreResult<(T, Vec<super::Event>)> {
         self.write(move |txn| {
             let value = f(txn)?;
-            let events = misc::append_in(txn, &emit.build(&value), now)?;
+            let events = events::append_in(txn, &emit.build(&value), now)?;
             Ok((value, events))
         })
         .await
     }
-}
-
-fn run_writer(shared: &Shared, jobs: &mpsc::Receiver<Job>, durability: Durability) {
-    let mut last_reopen: Option<Instant> = None;
-    loop {
-        let first = if shared.broken.load(Ordering::Acquire) {
-            match jobs.recv_timeout(REOPEN_EVERY) {
-                Ok(job) => Some(job),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            }
-        } else {
-            match jobs.recv() {
-                Ok(job) => Some(job),
-                Err(_) => return,
-            }
-        };
-        if shared.broken.load(Ordering::Acquire)
-            && last_reopen.is_none_or(|t| t.elapsed() >= REOPEN_EVERY)
-        {
-            last_reopen = Some(Instant::now());
-            shared.reopen();
-        }
-        let Some(first) = first else { continue };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let db = match shared.current() {
-            Ok(db) if !shared.broken.load(Ordering::Acquire) => db,
-            _ => {
-                fail_all(
-                    batch,
-                    &unavailable("the database is unavailable after an I/O error"),
-                );
-                continue;
-            }
-        };
-        if !commit_batch(&db, batch, durability) {
-            // The first reopen waits a full interval: space rarely returns at once.
-            last_reopen = Some(Instant::now());
-            shared.broken.store(true, Ordering::Release);
-        }
-    }
-}
-
-fn unavailable(what: &str) -> StoreError {
-    StoreError::Unavailable(format!("{what} (disk full?); retrying in the background"))
-}
-
-/// Commit a batch; false if the database failed with an I/O error and must be reopened (every
-/// job of the batch then got [`StoreError::Unavailable`]).
-fn commit_batch(db: &Database, mut batch: Vec<Job>, durability: Durability) -> bool {
-    while !batch.is_empty() {
-        let mut txn = match db.begin_write() {
-            Ok(t) => t,
-            Err(e) => return fail_all(batch, &backend(e)),
-        };
-        if let Err(e) = txn.set_durability(durability) {
-            return fail_all(batch, &backend(e));
-        }
-        let mut values = Vec::with_capacity(batch.len());
-        let mut failed = Vec::new();
-        for (i, job) in batch.iter().enumerate() {
-            match (job.op)(&txn) {
-                Ok(v) => values.push(v),
-                Err(e) => failed.push((i, e)),
-            }
-        }
-        if let Some((_, e)) = failed
-            .iter()
-            .find(|(_, e)| matches!(e, StoreError::Unavailable(_)))
-        {
-            // The database itself failed: nobody in this batch can succeed.
-            let e = e.clone();
-            drop(txn);
-            return fail_all(batch, &e);
-        }
-        if failed.is_empty() {
-            return match txn.commit() {
-                Ok(()) => {
-                    for (job, v) in batch.into_iter().zip(values) {
-                        let _ = job.reply.send(Ok(v));
-                    }
-                    true
-                }
-                Err(e) => fail_all(batch, &backend(e)),
-            };
-        }
-        // Abort, answer the failed closures, and re-run the rest in a fresh transaction.
-        drop(txn);
-        for (i, e) in failed.into_iter().rev() {
-            let job = batch.remove(i);
-            let _ = job.reply.send(Err(e));
-        }
-    }
-    true
-}
-
-/// Answer every job with `e`; false if `e` means the database must be reopened.
-fn fail_all(batch: Vec<Job>, e: &StoreError) -> bool {
-    for job in batch {
-        let _ = job.reply.send(Err(e.clone()));
-    }
-    !matches!(e, StoreError::Unavailable(_))
 }
 
 /// Create an empty file at `path` with mode 0600 if there is none (redb then initialises it), so
@@ -372,60 +193,6 @@ fn create_private(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Map a redb error to [`StoreError`]: I/O failures (a full disk) and the refusals that follow
-/// them are [`StoreError::Unavailable`], anything else [`StoreError::Backend`].
-pub(crate) fn backend(e: impl Into<::redb::Error>) -> StoreError {
-    let e: ::redb::Error = e.into();
-    match e {
-        ::redb::Error::Io(_) | ::redb::Error::PreviousIo => unavailable(&e.to_string()),
-        e => StoreError::Backend(e.to_string()),
-    }
-}
-
-/// Create tables and bring the schema up to [`SCHEMA_VERSION`]. Returns whether rows were
-/// rewritten.
-fn migrate(db: &Database, seal: &SealKey) -> StoreResult<bool> {
-    let txn = db.begin_write().map_err(backend)?;
-    // New tables are additive: creating them is idempotent and needs no version bump.
-    tables::create_all(&txn)?;
-    let mut rewrote = false;
-    {
-        let mut meta = txn.open_table(tables::META).map_err(backend)?;
-        let found = meta
-            .get("schema_version")
-            .map_err(backend)?
-            .map(|v| v.value());
-        match found {
-            Some(v) if v > SCHEMA_VERSION => {
-                return Err(StoreError::SchemaTooNew {
-                    found: v,
-                    supported: SCHEMA_VERSION,
-                });
-            }
-            Some(v) if v == SCHEMA_VERSION => {}
-            Some(1) => {
-                drop(meta);
-                sealed::migrate_1_to_2(&txn, seal)?;
-                // 1 → 2 also indexes the challenges stored before the expiry index existed.
-                let n = misc::index_challenges(&txn)?;
-                tracing::info!(challenges = n, "database migrated to schema 2");
-                rewrote = true;
-                txn.open_table(tables::META)
-                    .map_err(backend)?
-                    .insert("schema_version", SCHEMA_VERSION)
-                    .map_err(backend)?;
-            }
-            // A new database.
-            _ => {
-                meta.insert("schema_version", SCHEMA_VERSION)
-                    .map_err(backend)?;
-            }
-        }
-    }
-    txn.commit().map_err(backend)?;
-    Ok(rewrote)
 }
 
 /// Decode a JSON record, naming it in the error.
@@ -447,6 +214,56 @@ mod sealing_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_error_keeps_the_redb_error_as_its_source() {
+        let store = RedbStore::in_memory().unwrap();
+        // The meta table holds `&str -> u64`: opening it as `u64 -> u64` is a redb error.
+        let wrong = ::redb::TableDefinition::<u64, u64>::new("meta");
+        let err = store
+            .read(|txn| txn.open_table(wrong).map(drop).map_err(backend))
+            .unwrap_err();
+        let StoreError::Backend { operation, .. } = &err else {
+            panic!("not a backend error: {err:?}");
+        };
+        assert_eq!(*operation, "open table");
+        let source = std::error::Error::source(&err).expect("a backend error has a source");
+        let redb_err = source
+            .downcast_ref::<::redb::Error>()
+            .expect("the source is the redb error itself");
+        assert!(
+            matches!(redb_err, ::redb::Error::TableTypeMismatch { .. }),
+            "{redb_err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("storage backend error: open table: {redb_err}")
+        );
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_created_is_named_and_keeps_the_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("p.redb");
+        let err = RedbStore::open(&path, &SealKey::generate()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Backend {
+                    operation: "create database",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let shown = err.to_string();
+        assert!(shown.contains(path.to_str().unwrap()), "{shown}");
+        let io = std::error::Error::source(&err)
+            .and_then(std::error::Error::source)
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+            .expect("the I/O error is in the chain");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn passes_the_conformance_suite() {
@@ -475,7 +292,7 @@ mod tests {
             store.prune_challenge_batch(now, 1_000).await.unwrap(),
             1_000
         );
-        // The rest, in batches of misc::PRUNE_BATCH.
+        // The rest, in batches of challenges::PRUNE_BATCH.
         assert_eq!(store.prune_challenges(now).await.unwrap(), 1_500);
         assert_eq!(store.prune_challenges(now).await.unwrap(), 0);
         let left = store

@@ -1,5 +1,7 @@
 //! Secrets in command payloads, command results and library profiles are sealed at rest.
 
+use ::redb::ReadableTable;
+
 use super::*;
 use crate::seal::context;
 use crate::store::conformance::enroll;
@@ -159,7 +161,7 @@ async fn reopen(path: &std::path::Path, key: &SealKey) -> RedbStore {
     for _ in 0..250 {
         match RedbStore::open(path, key) {
             Ok(s) => return s,
-            Err(StoreError::Backend(_)) => {
+            Err(StoreError::Backend { .. }) => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             Err(e) => panic!("reopening: {e}"),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::policy::loader;
 use crate::policy::{Limits, LoadedPlugin, PluginConfig};
+use crate::setup::place;
 
 fn record(family: &str, team: Option<&str>, placed_by: Option<&str>) -> DeviceRecord {
     DeviceRecord {

@@ -34,7 +34,7 @@ impl ScepTransactionStore for RedbStore {
         let r = issuance.clone();
         self.write(move |txn| {
             if let Some(challenge) = &r.challenge {
-                let status = super::misc::consume_in(txn, challenge, now)?;
+                let status = super::challenges::consume_in(txn, challenge, now)?;
                 if status != ChallengeStatus::Accepted {
                     return Ok((status, Vec::new()));
                 }
@@ -46,7 +46,7 @@ impl ScepTransactionStore for RedbStore {
                 super::identity::bind_in(txn, &r.certificate, b)?;
             }
             put_issue_in(txn, &r.issue)?;
-            let events = super::misc::append_in(txn, &emit.build(&()), now)?;
+            let events = super::events::append_in(txn, &emit.build(&()), now)?;
             Ok((ChallengeStatus::Accepted, events))
         })
         .await
