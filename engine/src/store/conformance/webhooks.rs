@@ -204,7 +204,7 @@ pub async fn webhook_emitting<S: Store + ?Sized>(store: &S) {
         .await
         .unwrap();
     let put_kind = format!("test.put.{}", stored.revision);
-    assert_eq!(kinds(&written), [put_kind.clone()]);
+    assert_eq!(kinds(&written), std::slice::from_ref(&put_kind));
     assert_eq!(store.webhook("wh-e").await.unwrap(), Some(stored));
     let existed = || {
         Emit::with(|existed: &bool| {
