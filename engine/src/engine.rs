@@ -456,6 +456,9 @@ impl EngineBuilder {
 
         let core = Core::new(
             store.clone(),
+            store.clone(),
+            store.clone(),
+            store.clone(),
             outbox.clone(),
             seal.clone(),
             last_seen.clone(),

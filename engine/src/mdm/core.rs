@@ -14,7 +14,6 @@ use crate::events::Outbox;
 use crate::seal::{SealKey, context};
 use crate::store::{
     BootstrapStore, Emit, EnrollmentStore, IdentityStore, NextCommand, QueueStore, ReportRecord,
-    Store,
 };
 use crate::wire::checkin::{CheckinBody, GetToken, to_xml};
 use crate::wire::enrollment_id::{Channel, EnrollmentId};
@@ -75,19 +74,25 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core over `store`, appending its events to `outbox`'s store in the same transactions.
+    /// A core over the check-in records, the command queue, bootstrap tokens and certificate
+    /// bindings (often one store passed four times), writing its events in the same
+    /// transactions as the changes they report and broadcasting them on `outbox`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        store: Arc<dyn Store>,
+        enrollments: Arc<dyn EnrollmentStore>,
+        queue: Arc<dyn QueueStore>,
+        bootstrap: Arc<dyn BootstrapStore>,
+        identity: Arc<dyn IdentityStore>,
         outbox: Outbox,
         seal: SealKey,
         last_seen: Arc<LastSeen>,
         options: CoreOptions,
     ) -> Self {
         Self {
-            enrollments: store.clone(),
-            queue: store.clone(),
-            bootstrap: store.clone(),
-            identity: store,
+            enrollments,
+            queue,
+            bootstrap,
+            identity,
             outbox,
             seal,
             last_seen,

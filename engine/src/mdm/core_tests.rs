@@ -67,6 +67,9 @@ async fn a_failed_separate_append_cannot_separate_state_from_its_events() {
     let mut live = outbox.subscribe();
     let core = Core::new(
         store.clone(),
+        store.clone(),
+        store.clone(),
+        store.clone(),
         outbox,
         SealKey::generate(),
         Arc::new(LastSeen::default()),
@@ -151,6 +154,9 @@ async fn check_out_and_bootstrap_tokens_are_logged_with_their_change() {
     let store = Arc::new(RedbStore::in_memory().unwrap());
     let core = Core::new(
         store.clone(),
+        store.clone(),
+        store.clone(),
+        store.clone(),
         Outbox::new(Arc::new(FailingAppends), 64),
         SealKey::generate(),
         Arc::new(LastSeen::default()),
@@ -185,6 +191,9 @@ async fn check_out_and_bootstrap_tokens_are_logged_with_their_change() {
 async fn a_bootstrap_token_copied_to_another_enrollment_does_not_open() {
     let store = Arc::new(RedbStore::in_memory().unwrap());
     let core = Core::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
         store.clone(),
         Outbox::new(store.clone(), 64),
         SealKey::generate(),

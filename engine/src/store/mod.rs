@@ -3,8 +3,9 @@
 //! Each service depends only on the trait it needs ([`QueueStore`] for the command queue,
 //! [`EnrollmentStore`] for check-in records, and so on), so a backend can be swapped without the
 //! services noticing. [`Store`] bundles them for backends that implement all of them; every backend
-//! must pass [`conformance`].
+//! must pass the conformance suite (`store::conformance`, behind the cargo feature `conformance`).
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod dep;
 pub mod devices;

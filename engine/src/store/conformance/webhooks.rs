@@ -2,8 +2,7 @@
 
 use time::Duration;
 
-use super::now;
-use crate::store::*;
+use super::*;
 
 fn sub(name: &str, url: &str) -> WebhookSubscription {
     WebhookSubscription {
@@ -24,7 +23,7 @@ fn sub(name: &str, url: &str) -> WebhookSubscription {
     }
 }
 
-async fn append<S: Store>(store: &S, n: usize) -> u64 {
+async fn append<S: Store + ?Sized>(store: &S, n: usize) -> u64 {
     let events = (0..n)
         .map(|i| NewEvent {
             kind: format!("test.webhook_{i}"),
@@ -43,7 +42,7 @@ async fn append<S: Store>(store: &S, n: usize) -> u64 {
 
 /// Subscriptions: cursor placement, revision-guarded delivery state, replacement, listing,
 /// deletion, and the event head.
-pub(super) async fn webhooks<S: Store>(store: &S) {
+pub async fn webhooks<S: Store + ?Sized>(store: &S) {
     let last = append(store, 2).await;
     assert_eq!(
         store.event_head().await.unwrap(),
@@ -190,4 +189,46 @@ pub(super) async fn webhooks<S: Store>(store: &S) {
     assert_eq!(store.event_head().await.unwrap(), newer);
     assert!(store.delete_webhook("wh-a").await.unwrap());
     assert!(store.delete_webhook("wh-0").await.unwrap());
+}
+
+/// `put_webhook_emitting` builds its events from the stored subscription, and
+/// `delete_webhook_emitting` from whether it existed; both commit them with the change.
+pub async fn webhook_emitting<S: Store + ?Sized>(store: &S) {
+    let head = store.event_head().await.unwrap();
+    let (stored, written) = store
+        .put_webhook_emitting(
+            &sub("wh-e", "http://e.example/hook"),
+            WebhookStart::Keep,
+            Emit::with(|s: &WebhookSubscription| vec![ev(&format!("test.put.{}", s.revision))]),
+        )
+        .await
+        .unwrap();
+    let put_kind = format!("test.put.{}", stored.revision);
+    assert_eq!(kinds(&written), std::slice::from_ref(&put_kind));
+    assert_eq!(store.webhook("wh-e").await.unwrap(), Some(stored));
+    let existed = || {
+        Emit::with(|existed: &bool| {
+            if *existed {
+                vec![ev("test.deleted")]
+            } else {
+                Vec::new()
+            }
+        })
+    };
+    let (existed_once, written) = store
+        .delete_webhook_emitting("wh-e", existed())
+        .await
+        .unwrap();
+    assert!(existed_once);
+    assert_eq!(kinds(&written), ["test.deleted"]);
+    let (existed_twice, written) = store
+        .delete_webhook_emitting("wh-e", existed())
+        .await
+        .unwrap();
+    assert!(!existed_twice && written.is_empty());
+    assert_eq!(
+        kinds_after(store, head).await,
+        [put_kind, "test.deleted".to_owned()]
+    );
+    assert!(store.webhooks().await.unwrap().is_empty());
 }

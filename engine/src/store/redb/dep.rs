@@ -68,6 +68,9 @@ fn due_devices(
         .range((i64::MIN, "", "")..=(ms(now), "\u{10FFFF}", "\u{10FFFF}"))
         .map_err(backend)?
     {
+        if out.len() >= limit {
+            break;
+        }
         let (k, _) = e.map_err(backend)?;
         let (_, srv, serial) = k.value();
         if srv != server {
@@ -75,9 +78,6 @@ fn due_devices(
         }
         if let Some(v) = devices.get((srv, serial)).map_err(backend)? {
             out.push(decode("DEP device", v.value())?);
-            if out.len() >= limit {
-                break;
-            }
         }
     }
     Ok(out)

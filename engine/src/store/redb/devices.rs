@@ -197,13 +197,13 @@ impl DeviceStore for RedbStore {
             let due = txn.open_table(SETUP_DUE).map_err(backend)?;
             let mut out = Vec::new();
             for e in due.range(..=(ms(now), "\u{10ffff}")).map_err(backend)? {
+                if out.len() >= limit {
+                    break;
+                }
                 let (k, _) = e.map_err(backend)?;
                 let (_, id) = k.value();
                 if let Some(s) = read_setup(txn, &self.seal, id)? {
                     out.push(s);
-                }
-                if out.len() >= limit {
-                    break;
                 }
             }
             Ok(out)
@@ -215,15 +215,15 @@ impl DeviceStore for RedbStore {
             let t = txn.open_table(SETUPS).map_err(backend)?;
             let mut out = Vec::new();
             for e in t.range::<&str>(..).map_err(backend)? {
+                if out.len() >= limit {
+                    break;
+                }
                 let (k, v) = e.map_err(backend)?;
                 let s = open_setup(&self.seal, k.value(), v.value())?;
                 let unsent = s.steps.iter().any(|st| !st.queued)
                     || (s.release_command.is_some() && !s.release_queued);
                 if unsent {
                     out.push(s);
-                    if out.len() >= limit {
-                        break;
-                    }
                 }
             }
             Ok(out)

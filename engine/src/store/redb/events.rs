@@ -46,11 +46,11 @@ impl EventStore for RedbStore {
             let t = txn.open_table(EVENTS).map_err(backend)?;
             let mut out = Vec::new();
             for entry in t.range(after.saturating_add(1)..).map_err(backend)? {
-                let (k, v) = entry.map_err(backend)?;
-                out.push(decode(&format!("event {}", k.value()), v.value())?);
                 if out.len() >= limit {
                     break;
                 }
+                let (k, v) = entry.map_err(backend)?;
+                out.push(decode(&format!("event {}", k.value()), v.value())?);
             }
             Ok(out)
         })

@@ -266,12 +266,6 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn passes_the_conformance_suite() {
-        let store = RedbStore::in_memory().unwrap();
-        crate::store::conformance::run_all(&store).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn challenges_are_pruned_through_the_expiry_index_in_bounded_batches() {
         use crate::store::{ChallengeStatus, ChallengeStore};
         let store = RedbStore::in_memory().unwrap();

@@ -472,12 +472,12 @@ impl QueueStore for RedbStore {
                 .range((i64::MIN, "")..(cutoff, ""))
                 .map_err(backend)?
             {
-                let (k, _) = entry.map_err(backend)?;
-                let (at, uuid) = k.value();
-                doomed.push((at, uuid.to_owned()));
                 if doomed.len() >= limit {
                     break;
                 }
+                let (k, _) = entry.map_err(backend)?;
+                let (at, uuid) = k.value();
+                doomed.push((at, uuid.to_owned()));
             }
             let mut commands = txn.open_table(COMMANDS).map_err(backend)?;
             let mut raw = txn.open_table(COMMAND_RAW).map_err(backend)?;

@@ -83,12 +83,12 @@ impl ScepTransactionStore for RedbStore {
             let start: (i64, &str, &[u8]) = (i64::MIN, "", &[]);
             let end: (i64, &str, &[u8]) = (cutoff, "", &[]);
             for entry in expiry.range(start..end).map_err(backend)? {
-                let (k, _) = entry.map_err(backend)?;
-                let (at, tx, key) = k.value();
-                doomed.push((at, tx.to_owned(), key.to_vec()));
                 if doomed.len() >= limit {
                     break;
                 }
+                let (k, _) = entry.map_err(backend)?;
+                let (at, tx, key) = k.value();
+                doomed.push((at, tx.to_owned(), key.to_vec()));
             }
             let mut t = txn.open_table(SCEP_ISSUED).map_err(backend)?;
             for (at, tx, key) in &doomed {
