@@ -65,7 +65,9 @@ impl FakeAbm {
     }
     fn next_page(&self) -> Result<DevicePage, DepError> {
         self.pages.lock().unwrap().pop_front().unwrap_or_else(|| {
-            Err(DepError::Transport("fake: no page scripted for this call".into()))
+            Err(DepError::Transport(
+                "fake: no page scripted for this call".into(),
+            ))
         })
     }
 }
@@ -470,7 +472,10 @@ async fn exhausted_cursor_moves_a_fetch_to_sync_and_ends_a_sync() {
         ]
     );
     let s = h.server().await;
-    assert_eq!((s.phase, s.cursor.as_deref()), (SyncPhase::Sync, Some("c2")));
+    assert_eq!(
+        (s.phase, s.cursor.as_deref()),
+        (SyncPhase::Sync, Some("c2"))
+    );
     assert_eq!(s.last_error, None);
 }
 
@@ -529,8 +534,12 @@ async fn a_refused_cursor_restarts_a_full_fetch_once_per_run() {
 #[tokio::test]
 async fn an_old_cursor_chain_or_a_full_run_starts_from_no_cursor() {
     let h = Harness::new().await;
-    h.set_cursor(SyncPhase::Sync, "OLD", time::Duration::days(6) + time::Duration::hours(1))
-        .await;
+    h.set_cursor(
+        SyncPhase::Sync,
+        "OLD",
+        time::Duration::days(6) + time::Duration::hours(1),
+    )
+    .await;
     h.fake.page(page("c1", false, vec![]));
     h.dep.sync_server(SERVER, false).await.unwrap();
     assert_eq!(h.fake.take_calls()[1], Call::Fetch(None, 1000));
@@ -622,7 +631,8 @@ fn answer(statuses: &[(&str, &str)], retry_after: Option<u64>) -> Result<AssignR
 
 /// Seconds between the last assignment attempt and the next one.
 fn retry_in(d: &DepDeviceRecord) -> Option<i64> {
-    d.assign_due_at.map(|due| (due - d.updated_at).whole_seconds())
+    d.assign_due_at
+        .map(|due| (due - d.updated_at).whole_seconds())
 }
 
 #[tokio::test]
@@ -647,7 +657,10 @@ async fn per_device_results_decide_the_retry() {
     h.dep.sync_server(SERVER, false).await.unwrap();
 
     let ok = h.device("OK").await;
-    assert_eq!((ok.assign_result, retry_in(&ok)), (Some(AssignResult::Success), None));
+    assert_eq!(
+        (ok.assign_result, retry_in(&ok)),
+        (Some(AssignResult::Success), None)
+    );
     let gone = h.device("GONE").await;
     assert_eq!(
         (gone.assign_result, retry_in(&gone)),
@@ -665,7 +678,13 @@ async fn per_device_results_decide_the_retry() {
         assert_eq!(d.assign_result, Some(AssignResult::Failed), "{serial}");
         assert_eq!((d.assign_attempts, retry_in(&d)), (1, Some(60)), "{serial}");
     }
-    assert!(h.device("MISSING").await.assign_error.unwrap().contains("FAILED"));
+    assert!(
+        h.device("MISSING")
+            .await
+            .assign_error
+            .unwrap()
+            .contains("FAILED")
+    );
     let log = h.events_after(before).await;
     let results: Vec<(&str, &str)> = log
         .iter()

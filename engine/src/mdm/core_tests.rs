@@ -228,7 +228,7 @@ async fn a_bootstrap_token_copied_to_another_enrollment_does_not_open() {
 // --- Each message type, called directly on `Core` over an in-memory store. ---
 
 use crate::mdm::testing::{cert, device_request, user_request};
-use crate::store::{CertBinding, BindingSource, IdentityStore, QueueStore, TargetState};
+use crate::store::{BindingSource, CertBinding, IdentityStore, QueueStore, TargetState};
 use crate::wire::checkin::{DeclarativeManagement, UserAuthenticate};
 use crate::wire::report::ErrorChainItem;
 use openssl::x509::X509;
@@ -309,7 +309,10 @@ async fn authenticate_records_facts_and_says_whether_the_serial_is_verified() {
     assert_eq!(kinds(&log), [kind::ENROLLMENT_AUTHENTICATED]);
     assert_eq!(log[0].data["serial_evidence"], "self_asserted");
     assert_eq!(log[0].data["serial_number"], "SN-SAID");
-    assert_eq!(log[0].data["verified_serial_number"], serde_json::Value::Null);
+    assert_eq!(
+        log[0].data["verified_serial_number"],
+        serde_json::Value::Null
+    );
     assert_eq!(log[0].data["udid"], "UDID-A");
     // Every message counts as a sighting.
     assert_eq!(last_seen.flush(&*store).await.unwrap(), 1);
@@ -540,10 +543,17 @@ async fn bootstrap_tokens_are_escrowed_for_the_certificate_that_set_them() {
         [kind::BOOTSTRAP_TOKEN_RETRIEVED]
     );
 
-    core.checkin(&req, &CheckinBody::SetBootstrapToken(Some(b"bt-1".to_vec())))
+    core.checkin(
+        &req,
+        &CheckinBody::SetBootstrapToken(Some(b"bt-1".to_vec())),
+    )
+    .await
+    .unwrap();
+    let sealed = store
+        .bootstrap_token(&req.channel.id)
         .await
+        .unwrap()
         .unwrap();
-    let sealed = store.bootstrap_token(&req.channel.id).await.unwrap().unwrap();
     assert!(!sealed.windows(4).any(|w| w == b"bt-1"), "stored sealed");
     let got = plist_dict(
         core.checkin(&req, &CheckinBody::GetBootstrapToken)
@@ -567,9 +577,8 @@ async fn bootstrap_tokens_are_escrowed_for_the_certificate_that_set_them() {
 
     // A SCEP renewal of the holder's certificate inherits the escrow.
     let renewed = cert("renewed");
-    let hash = |c: &X509| {
-        super::super::Identity::new(c.clone(), super::super::IdentitySource::Tls).hash
-    };
+    let hash =
+        |c: &X509| super::super::Identity::new(c.clone(), super::super::IdentitySource::Tls).hash;
     store
         .link_renewal(&hash(&holder), &hash(&renewed))
         .await
@@ -620,11 +629,13 @@ async fn bootstrap_tokens_need_a_device_channel_and_an_identity() {
         );
     }
     assert!(log_after(&store, 0).await.is_empty());
-    assert!(store
-        .bootstrap_token(&EnrollmentId::new("UDID-A"))
-        .await
-        .unwrap()
-        .is_none());
+    assert!(
+        store
+            .bootstrap_token(&EnrollmentId::new("UDID-A"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// A token service answering with the channel and the parameters it was given.
@@ -710,7 +721,10 @@ async fn declarative_management_answers_an_empty_declaration_set() {
         items["DeclarationsToken"],
         declarative::EMPTY_DECLARATIONS_TOKEN
     );
-    assert_eq!(items["Declarations"]["Configurations"], serde_json::json!([]));
+    assert_eq!(
+        items["Declarations"]["Configurations"],
+        serde_json::json!([])
+    );
     assert_eq!(
         core.checkin(&req, &ddm("status")).await.unwrap(),
         CheckinResponse::Empty
@@ -761,7 +775,12 @@ async fn reports_record_results_and_hand_out_the_next_command() {
     for uuid in ["C1", "C2", "C3"] {
         let cmd = Command::build(uuid, "ProfileList", plist::Dictionary::new());
         store
-            .enqueue(&cmd, std::slice::from_ref(&req.channel.id), 10, req.received_at)
+            .enqueue(
+                &cmd,
+                std::slice::from_ref(&req.channel.id),
+                10,
+                req.received_at,
+            )
             .await
             .unwrap();
     }
@@ -773,24 +792,37 @@ async fn reports_record_results_and_hand_out_the_next_command() {
     };
 
     // Idle: the oldest command, nothing recorded.
-    let r = core.report(&req, &report(&req, Status::Idle, None)).await.unwrap();
+    let r = core
+        .report(&req, &report(&req, Status::Idle, None))
+        .await
+        .unwrap();
     assert_eq!((r.outcome.clone(), next_uuid(&r)), (None, Some("C1")));
     assert!(log_after(&store, before).await.is_empty());
-    assert_eq!(last_seen.flush(&*store).await.unwrap(), 1, "a report is a sighting");
+    assert_eq!(
+        last_seen.flush(&*store).await.unwrap(),
+        1,
+        "a report is a sighting"
+    );
 
     // Acknowledged: recorded and dequeued; the next one.
     let r = core
         .report(&req, &report(&req, Status::Acknowledged, Some("C1")))
         .await
         .unwrap();
-    assert_eq!((r.outcome.clone(), next_uuid(&r)), (recorded(true), Some("C2")));
+    assert_eq!(
+        (r.outcome.clone(), next_uuid(&r)),
+        (recorded(true), Some("C2"))
+    );
 
     // NotNow: still queued, but not handed out again before the next Idle.
     let r = core
         .report(&req, &report(&req, Status::NotNow, Some("C2")))
         .await
         .unwrap();
-    assert_eq!((r.outcome.clone(), next_uuid(&r)), (recorded(false), Some("C3")));
+    assert_eq!(
+        (r.outcome.clone(), next_uuid(&r)),
+        (recorded(false), Some("C3"))
+    );
 
     // Error: recorded with its chain; C2 is still deferred, so nothing is left for now.
     let mut error = report(&req, Status::Error, Some("C3"));
@@ -803,7 +835,10 @@ async fn reports_record_results_and_hand_out_the_next_command() {
     assert_eq!((r.outcome.clone(), next_uuid(&r)), (recorded(true), None));
 
     // The next Idle hands the deferred command out again.
-    let r = core.report(&req, &report(&req, Status::Idle, None)).await.unwrap();
+    let r = core
+        .report(&req, &report(&req, Status::Idle, None))
+        .await
+        .unwrap();
     assert_eq!(next_uuid(&r), Some("C2"));
     assert!(!r.next.unwrap().not_now, "NotNow flags reset by Idle");
 
@@ -812,19 +847,30 @@ async fn reports_record_results_and_hand_out_the_next_command() {
         async move { store.command(uuid).await.unwrap().unwrap().targets[0].state }
     };
     assert_eq!(states("C1").await, TargetState::Acknowledged);
-    assert_eq!(states("C2").await, TargetState::Pending);
+    assert_eq!(
+        states("C2").await,
+        TargetState::NotNow,
+        "deferred, still queued"
+    );
     assert_eq!(states("C3").await, TargetState::Error);
     let log = log_after(&store, before).await;
     assert_eq!(
         kinds(&log),
-        [kind::COMMAND_RESULT, kind::COMMAND_NOT_NOW, kind::COMMAND_RESULT]
+        [
+            kind::COMMAND_RESULT,
+            kind::COMMAND_NOT_NOW,
+            kind::COMMAND_RESULT
+        ]
     );
     assert_eq!(log[0].data["status"], "Acknowledged");
     assert_eq!(log[0].data["command_finished"], true);
     assert_eq!(log[1].data["command_uuid"], "C2");
     assert_eq!(log[2].data["status"], "Error");
     assert_eq!(log[2].data["error_chain"].as_array().unwrap().len(), 1);
-    assert!(log.iter().all(|e| e.enrollment_id.as_ref() == Some(&req.channel.id)));
+    assert!(
+        log.iter()
+            .all(|e| e.enrollment_id.as_ref() == Some(&req.channel.id))
+    );
 }
 
 #[tokio::test]
@@ -834,7 +880,12 @@ async fn a_report_for_a_command_not_queued_changes_nothing_but_is_logged() {
     let other = enrolled(&core, "UDID-B", &cert("B")).await;
     let cmd = Command::build("C1", "ProfileList", plist::Dictionary::new());
     store
-        .enqueue(&cmd, std::slice::from_ref(&other.channel.id), 10, req.received_at)
+        .enqueue(
+            &cmd,
+            std::slice::from_ref(&other.channel.id),
+            10,
+            req.received_at,
+        )
         .await
         .unwrap();
     let before = last_seq(&store).await;
@@ -860,7 +911,10 @@ async fn a_report_for_a_command_not_queued_changes_nothing_but_is_logged() {
     let log = log_after(&store, before).await;
     assert_eq!(
         kinds(&log),
-        [kind::COMMAND_REPORT_UNMATCHED, kind::COMMAND_REPORT_UNMATCHED]
+        [
+            kind::COMMAND_REPORT_UNMATCHED,
+            kind::COMMAND_REPORT_UNMATCHED
+        ]
     );
     assert_eq!(log[0].data["command_uuid"], "NOPE");
     assert_eq!(log[0].data["status"], "Acknowledged");

@@ -11,9 +11,7 @@ use crate::mdm::testing::{cert, device_request, user_request};
 use crate::mdm::{Core, CoreOptions, last_seen::LastSeen};
 use crate::seal::SealKey;
 use crate::store::redb::RedbStore;
-use crate::store::{
-    BindingSource, BootstrapStore, CertBinding, Event, EventStore, ReportOutcome,
-};
+use crate::store::{BindingSource, BootstrapStore, CertBinding, Event, EventStore, ReportOutcome};
 use crate::wire::checkin::{Authenticate, TokenUpdate};
 use crate::wire::report::Status;
 
@@ -69,7 +67,11 @@ fn the_verifier_cache_remembers_only_what_verified() {
     // Another certificate with the same subject is another entry: verified on its own.
     let lookalike = cert("good");
     assert_ne!(hash(&lookalike), hash(&good));
-    assert!(cache.check(&lookalike, &hash(&lookalike), now_unix()).is_err());
+    assert!(
+        cache
+            .check(&lookalike, &hash(&lookalike), now_unix())
+            .is_err()
+    );
     assert_eq!(calls(), 4);
 
     // An entry lasts until the certificate expires (30 days for these), then is checked again.
@@ -95,13 +97,16 @@ async fn verify_identity_refuses_before_the_inner_service() {
         .checkin(&anonymous, &CheckinBody::CheckOut)
         .await
         .unwrap_err();
-    assert!(matches!(err, MdmError::Identity(IdentityError::Missing)), "{err}");
+    assert!(
+        matches!(err, MdmError::Identity(IdentityError::Missing)),
+        "{err}"
+    );
     let stranger = device_request("U", &cert("stranger"));
-    let err = svc
-        .report(&stranger, &idle(&stranger))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, MdmError::Identity(IdentityError::Untrusted(_))), "{err}");
+    let err = svc.report(&stranger, &idle(&stranger)).await.unwrap_err();
+    assert!(
+        matches!(err, MdmError::Identity(IdentityError::Untrusted(_))),
+        "{err}"
+    );
     assert_eq!(inner.calls(), 0);
 
     let req = device_request("U", &good);
@@ -339,7 +344,10 @@ async fn e1_a_certificate_bound_to_this_udid_re_enrolls_and_clears_the_escrow() 
             kind::IDENTITY_REENROLLED
         ]
     );
-    assert_eq!(log[0].data["reason"], "the certificate was issued to another UDID");
+    assert_eq!(
+        log[0].data["reason"],
+        "the certificate was issued to another UDID"
+    );
     assert_eq!(log[2].data["evidence"], "machine_info");
     assert_eq!(log[2].data["escrow_cleared"], true);
     assert_eq!(log[2].data["previous"], hash(&c1).to_hex());
@@ -470,7 +478,10 @@ async fn approvals_are_for_known_device_enrollments_with_a_bounded_lifetime() {
         .approve_reenrollment(&EnrollmentId::new("U"), None, now)
         .await
         .unwrap();
-    assert_eq!(expires, now + time::Duration::seconds(APPROVAL_TTL_SECS as i64));
+    assert_eq!(
+        expires,
+        now + time::Duration::seconds(APPROVAL_TTL_SECS as i64)
+    );
     p.admin
         .approve_reenrollment(&EnrollmentId::new("U"), Some(APPROVAL_MAX_TTL_SECS), now)
         .await
@@ -489,7 +500,10 @@ async fn e4_a_check_out_by_the_pinned_certificate_releases_the_enrollment() {
         .checkin(&device_request("U", &c2), &CheckinBody::CheckOut)
         .await
         .unwrap_err();
-    assert!(matches!(err, MdmError::Identity(IdentityError::Mismatch(_))), "{err}");
+    assert!(
+        matches!(err, MdmError::Identity(IdentityError::Mismatch(_))),
+        "{err}"
+    );
     assert!(!p.store.pin_released(&EnrollmentId::new("U")).await.unwrap());
 
     p.pin
@@ -540,7 +554,10 @@ async fn renewal_policy_any_accepts_an_unused_certificate() {
     let v = cert("v");
     p.enroll("V", &v).await;
     let err = p.authenticate("U", &v).await.unwrap_err();
-    assert!(matches!(err, MdmError::Identity(IdentityError::InUse(_))), "{err}");
+    assert!(
+        matches!(err, MdmError::Identity(IdentityError::InUse(_))),
+        "{err}"
+    );
     refused(p.authenticate("U", &c1).await.unwrap_err());
     assert_eq!(p.pinned("U").await, Some(hash(&c2)));
 }
@@ -564,9 +581,15 @@ async fn later_messages_need_the_pinned_certificate_or_its_renewal() {
     let calls = p.inner.calls();
 
     // A stranger's certificate, on the device and on a user channel.
-    for req in [device_request("U", &stranger), user_request("U", "U1", &stranger)] {
+    for req in [
+        device_request("U", &stranger),
+        user_request("U", "U1", &stranger),
+    ] {
         let err = p.pin.report(&req, &idle(&req)).await.unwrap_err();
-        assert!(matches!(err, MdmError::Identity(IdentityError::Mismatch(_))), "{err}");
+        assert!(
+            matches!(err, MdmError::Identity(IdentityError::Mismatch(_))),
+            "{err}"
+        );
     }
     // Another enrollment's certificate.
     let v = cert("v");
@@ -575,7 +598,10 @@ async fn later_messages_need_the_pinned_certificate_or_its_renewal() {
     assert_eq!(calls_v, calls + 3, "only V's own messages got through");
     let req = device_request("U", &v);
     let err = p.pin.report(&req, &idle(&req)).await.unwrap_err();
-    assert!(matches!(err, MdmError::Identity(IdentityError::Mismatch(_))), "{err}");
+    assert!(
+        matches!(err, MdmError::Identity(IdentityError::Mismatch(_))),
+        "{err}"
+    );
 
     // A renewal of the pinned certificate is adopted, with `identity.renewed`.
     p.store
@@ -597,13 +623,23 @@ async fn later_messages_need_the_pinned_certificate_or_its_renewal() {
     // The old certificate is now retired: refused on every channel.
     let old = device_request("U", &c1);
     let err = p.pin.report(&old, &idle(&old)).await.unwrap_err();
-    assert!(matches!(err, MdmError::Identity(IdentityError::Mismatch(_))), "{err}");
+    assert!(
+        matches!(err, MdmError::Identity(IdentityError::Mismatch(_))),
+        "{err}"
+    );
 
     // No identity at all.
     let mut anonymous = device_request("U", &renewed);
     anonymous.identity = None;
-    let err = p.pin.report(&anonymous, &idle(&anonymous)).await.unwrap_err();
-    assert!(matches!(err, MdmError::Identity(IdentityError::Missing)), "{err}");
+    let err = p
+        .pin
+        .report(&anonymous, &idle(&anonymous))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MdmError::Identity(IdentityError::Missing)),
+        "{err}"
+    );
     assert_eq!(p.inner.calls(), calls_v + 1, "only the renewal got through");
 }
 
@@ -611,7 +647,10 @@ async fn later_messages_need_the_pinned_certificate_or_its_renewal() {
 async fn pinned_to_names_the_enrollment_or_says_retired() {
     let p = Pinned::new(RenewalPolicy::Linked);
     let (c1, c2) = (cert("c1"), cert("c2"));
-    assert_eq!(p.admin.pinned_to(&hash(&c1)).await.unwrap(), PinnedTo::Nothing);
+    assert_eq!(
+        p.admin.pinned_to(&hash(&c1)).await.unwrap(),
+        PinnedTo::Nothing
+    );
     p.enroll("U", &c1).await;
     assert_eq!(
         p.admin.pinned_to(&hash(&c1)).await.unwrap(),
@@ -619,7 +658,10 @@ async fn pinned_to_names_the_enrollment_or_says_retired() {
     );
     p.store.link_renewal(&hash(&c1), &hash(&c2)).await.unwrap();
     p.authenticate("U", &c2).await.unwrap();
-    assert_eq!(p.admin.pinned_to(&hash(&c1)).await.unwrap(), PinnedTo::Retired);
+    assert_eq!(
+        p.admin.pinned_to(&hash(&c1)).await.unwrap(),
+        PinnedTo::Retired
+    );
     assert_eq!(
         p.admin.pinned_to(&hash(&c2)).await.unwrap(),
         PinnedTo::Enrollment(EnrollmentId::new("U"))
