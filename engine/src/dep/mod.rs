@@ -116,7 +116,7 @@ pub struct DepService {
     seal: SealKey,
     outbox: Outbox,
     options: DepOptions,
-    clients: Mutex<HashMap<String, (String, Arc<dyn DepApi>)>>,
+    clients: Mutex<Clients>,
     connect: Box<Connector>,
     running: tokio::sync::Mutex<()>,
     policy: Arc<PolicyChain>,
@@ -129,6 +129,10 @@ pub(crate) struct Placement {
     pub devices: Arc<dyn crate::store::DeviceStore>,
     pub teams: Arc<dyn crate::store::TeamStore>,
 }
+
+/// API clients by server name, with the fingerprint (base URL, consumer key, protocol version)
+/// they were built for.
+type Clients = HashMap<String, (String, Arc<dyn DepApi>)>;
 
 /// Builds a server's API client from its base URL, token and protocol version.
 type Connector = dyn Fn(&str, OAuthToken, u32) -> Arc<dyn DepApi> + Send + Sync;

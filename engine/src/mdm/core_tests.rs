@@ -1,18 +1,23 @@
-//! The check-in core writes each state change and its events in one transaction.
+//! `Core` called directly, without HTTP: every check-in message type and command report, with
+//! each state change and its events written in one transaction.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use openssl::x509::X509;
 
 use super::*;
 use crate::events::{Outbox, kind};
+use crate::mdm::testing::{cert, device_request, user_request};
 use crate::store::redb::RedbStore;
 use crate::store::{
-    Event, EventStore, NewEvent, ReportOutcome, StoreError, StoreResult, Timestamp,
+    BindingSource, CertBinding, Event, EventStore, IdentityStore, NewEvent, QueueStore,
+    ReportOutcome, StoreError, StoreResult, TargetState, Timestamp,
 };
-use crate::wire::checkin::{Authenticate, TokenUpdate};
+use crate::wire::checkin::{Authenticate, DeclarativeManagement, TokenUpdate, UserAuthenticate};
 use crate::wire::command::Command;
 use crate::wire::enrollment_id::{ChannelKind, Identifiers};
+use crate::wire::report::ErrorChainItem;
 
 /// An event log whose separate appends always fail (a full disk, a crash between two writes):
 /// only events written inside the state change's own transaction can survive it.
@@ -227,12 +232,6 @@ async fn a_bootstrap_token_copied_to_another_enrollment_does_not_open() {
 
 // --- Each message type, called directly on `Core` over an in-memory store. ---
 
-use crate::mdm::testing::{cert, device_request, user_request};
-use crate::store::{BindingSource, CertBinding, IdentityStore, QueueStore, TargetState};
-use crate::wire::checkin::{DeclarativeManagement, UserAuthenticate};
-use crate::wire::report::ErrorChainItem;
-use openssl::x509::X509;
-
 /// A core over a fresh store whose events go to that store.
 fn fresh(options: CoreOptions) -> (Arc<RedbStore>, Core, SealKey, Arc<LastSeen>) {
     let store = Arc::new(RedbStore::in_memory().unwrap());
@@ -363,7 +362,7 @@ async fn re_authenticate_disables_the_enrollment_and_clears_every_queue() {
     core.checkin(&user, &token_update(2)).await.unwrap();
     let ids = [req.channel.id.clone(), user.channel.id.clone()];
     for (i, id) in ids.iter().enumerate() {
-        let cmd = Command::build(&format!("CMD-{i}"), "ProfileList", plist::Dictionary::new());
+        let cmd = Command::build(format!("CMD-{i}"), "ProfileList", plist::Dictionary::new());
         store
             .enqueue(&cmd, std::slice::from_ref(id), 10, req.received_at)
             .await
@@ -460,7 +459,7 @@ async fn a_user_channel_token_update_creates_the_user_channel() {
     assert_eq!(e.user_long_name.as_deref(), Some("U1 Long"));
     assert_eq!(
         store.user_channels(&device.channel.id).await.unwrap(),
-        [user.channel.id.clone()]
+        std::slice::from_ref(&user.channel.id)
     );
     let log = log_after(&store, before).await;
     assert_eq!(
@@ -796,7 +795,7 @@ async fn reports_record_results_and_hand_out_the_next_command() {
         .report(&req, &report(&req, Status::Idle, None))
         .await
         .unwrap();
-    assert_eq!((r.outcome.clone(), next_uuid(&r)), (None, Some("C1")));
+    assert_eq!((r.outcome, next_uuid(&r)), (None, Some("C1")));
     assert!(log_after(&store, before).await.is_empty());
     assert_eq!(
         last_seen.flush(&*store).await.unwrap(),
@@ -809,20 +808,14 @@ async fn reports_record_results_and_hand_out_the_next_command() {
         .report(&req, &report(&req, Status::Acknowledged, Some("C1")))
         .await
         .unwrap();
-    assert_eq!(
-        (r.outcome.clone(), next_uuid(&r)),
-        (recorded(true), Some("C2"))
-    );
+    assert_eq!((r.outcome, next_uuid(&r)), (recorded(true), Some("C2")));
 
     // NotNow: still queued, but not handed out again before the next Idle.
     let r = core
         .report(&req, &report(&req, Status::NotNow, Some("C2")))
         .await
         .unwrap();
-    assert_eq!(
-        (r.outcome.clone(), next_uuid(&r)),
-        (recorded(false), Some("C3"))
-    );
+    assert_eq!((r.outcome, next_uuid(&r)), (recorded(false), Some("C3")));
 
     // Error: recorded with its chain; C2 is still deferred, so nothing is left for now.
     let mut error = report(&req, Status::Error, Some("C3"));
@@ -832,7 +825,7 @@ async fn reports_record_results_and_hand_out_the_next_command() {
         ..Default::default()
     }];
     let r = core.report(&req, &error).await.unwrap();
-    assert_eq!((r.outcome.clone(), next_uuid(&r)), (recorded(true), None));
+    assert_eq!((r.outcome, next_uuid(&r)), (recorded(true), None));
 
     // The next Idle hands the deferred command out again.
     let r = core
