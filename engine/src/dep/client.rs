@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
@@ -54,6 +55,49 @@ impl DepError {
     /// Whether the error body names `code`.
     pub fn is(&self, code: &str) -> bool {
         matches!(self, Self::Api { body, .. } if body.contains(code))
+    }
+}
+
+/// The DEP API calls the syncer and the assigner make. [`DepClient`] makes them over HTTP;
+/// tests answer them in-process.
+#[async_trait]
+pub trait DepApi: Send + Sync {
+    /// `GET /account`.
+    async fn account(&self) -> Result<Account, DepError>;
+    /// `POST /server/devices` (fetch).
+    async fn fetch(&self, cursor: Option<&str>, limit: u32) -> Result<DevicePage, DepError>;
+    /// `POST /devices/sync`.
+    async fn sync(&self, cursor: &str, limit: u32) -> Result<DevicePage, DepError>;
+    /// `POST /profile` (define).
+    async fn define_profile(&self, profile: &Profile) -> Result<DefineProfileResponse, DepError>;
+    /// `POST /profile/devices` (assign ≤ 1000 serials).
+    async fn assign(
+        &self,
+        profile_uuid: &str,
+        serials: &[String],
+    ) -> Result<AssignResponse, DepError>;
+}
+
+#[async_trait]
+impl DepApi for DepClient {
+    async fn account(&self) -> Result<Account, DepError> {
+        DepClient::account(self).await
+    }
+    async fn fetch(&self, cursor: Option<&str>, limit: u32) -> Result<DevicePage, DepError> {
+        DepClient::fetch(self, cursor, limit).await
+    }
+    async fn sync(&self, cursor: &str, limit: u32) -> Result<DevicePage, DepError> {
+        DepClient::sync(self, cursor, limit).await
+    }
+    async fn define_profile(&self, profile: &Profile) -> Result<DefineProfileResponse, DepError> {
+        DepClient::define_profile(self, profile).await
+    }
+    async fn assign(
+        &self,
+        profile_uuid: &str,
+        serials: &[String],
+    ) -> Result<AssignResponse, DepError> {
+        DepClient::assign(self, profile_uuid, serials).await
     }
 }
 

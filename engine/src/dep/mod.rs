@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use self::client::{DepClient, DepError};
+use self::client::{DepApi, DepClient, DepError};
 use crate::events::{Outbox, event, kind};
 use crate::seal::{SealError, SealKey, context};
 use crate::store::{
@@ -123,7 +123,8 @@ pub struct DepService {
     seal: SealKey,
     outbox: Outbox,
     options: DepOptions,
-    clients: Mutex<HashMap<String, (String, Arc<DepClient>)>>,
+    clients: Mutex<Clients>,
+    connect: Box<Connector>,
     running: tokio::sync::Mutex<()>,
     policy: Arc<PolicyChain>,
     placement: Option<Placement>,
@@ -135,6 +136,13 @@ pub(crate) struct Placement {
     pub devices: Arc<dyn crate::store::DeviceStore>,
     pub teams: Arc<dyn crate::store::TeamStore>,
 }
+
+/// API clients by server name, with the fingerprint (base URL, consumer key, protocol version)
+/// they were built for.
+type Clients = HashMap<String, (String, Arc<dyn DepApi>)>;
+
+/// Builds a server's API client from its base URL, token and protocol version.
+type Connector = dyn Fn(&str, OAuthToken, u32) -> Arc<dyn DepApi> + Send + Sync;
 
 impl std::fmt::Debug for DepService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,12 +174,16 @@ impl DepService {
         outbox: Outbox,
         options: DepOptions,
     ) -> Self {
+        let (backoff, retries) = (options.api_backoff, options.api_retries);
         Self {
             store,
             seal,
             outbox,
             options,
             clients: Mutex::new(HashMap::new()),
+            connect: Box::new(move |base, token, version| {
+                Arc::new(DepClient::new(base, token, version).with_backoff(backoff, retries))
+            }),
             running: tokio::sync::Mutex::new(()),
             policy: Arc::new(PolicyChain::new(None)),
             placement: None,
@@ -427,7 +439,7 @@ impl DepService {
     }
 
     /// The API client for a server (one session per token per process).
-    fn client(&self, s: &DepServer) -> Result<Arc<DepClient>, DepServiceError> {
+    fn client(&self, s: &DepServer) -> Result<Arc<dyn DepApi>, DepServiceError> {
         let sealed = s.token_sealed.as_ref().ok_or_else(|| {
             DepServiceError::Invalid(format!("DEP server {} has no token yet", s.name))
         })?;
@@ -452,10 +464,7 @@ impl DepService {
                 .unseal(&context::dep_server_token(&s.name), sealed)?,
         )
         .map_err(DepServiceError::StoredToken)?;
-        let client = Arc::new(
-            DepClient::new(&base, token, s.protocol_version)
-                .with_backoff(self.options.api_backoff, self.options.api_retries),
-        );
+        let client = (self.connect)(&base, token, s.protocol_version);
         clients.insert(s.name.clone(), (fingerprint, client.clone()));
         Ok(client)
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::client::{DepClient, DepError};
+use super::client::{DepApi, DepError};
 use super::{DepService, DepServiceError, now};
 use crate::events::{event, kind};
 use crate::store::{
@@ -179,7 +179,7 @@ impl DepService {
         let _one_at_a_time = self.running.lock().await;
         let mut s = self.server(name).await?;
         let client = self.client(&s)?;
-        let result = self.sync_pages(&mut s, &client, full).await;
+        let result = self.sync_pages(&mut s, &*client, full).await;
         match &result {
             Err(DepServiceError::Api(e)) => self.record_api_error(&mut s, e).await?,
             Err(_) => {}
@@ -231,7 +231,7 @@ impl DepService {
     async fn sync_pages(
         &self,
         s: &mut DepServer,
-        client: &DepClient,
+        client: &dyn DepApi,
         full: bool,
     ) -> Result<SyncReport, DepServiceError> {
         let mut report = SyncReport::default();
@@ -357,7 +357,7 @@ impl DepService {
     async fn ensure_defined(
         &self,
         server: &str,
-        client: &DepClient,
+        client: &dyn DepApi,
         profile: &str,
     ) -> Result<String, String> {
         let mut t = match self.store.dep_profile(profile).await {
@@ -436,7 +436,7 @@ impl DepService {
             let mut outcomes = Vec::new();
             let mut events = Vec::new();
             for (profile, devices) in by_profile {
-                let uuid = match self.ensure_defined(server, &client, &profile).await {
+                let uuid = match self.ensure_defined(server, &*client, &profile).await {
                     Ok(u) => u,
                     Err(err) => {
                         for d in &devices {
@@ -650,3 +650,7 @@ fn assignment_event(
         json!({"server": server, "serial_number": serial, "profile": profile, "result": result, "error": error}),
     )
 }
+
+#[cfg(test)]
+#[path = "sync_tests.rs"]
+mod tests;

@@ -519,41 +519,5 @@ impl IdentityService {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::events::testing::FailingAppends;
-    use crate::store::EventStore;
-    use crate::store::conformance::enroll;
-    use crate::store::redb::RedbStore;
-
-    #[tokio::test]
-    async fn an_approval_is_logged_with_its_change() {
-        let store = Arc::new(RedbStore::in_memory().unwrap());
-        let outbox = Outbox::new(Arc::new(FailingAppends(store.clone())), 16);
-        let mut live = outbox.subscribe();
-        let service = IdentityService::new(store.clone(), store.clone(), outbox);
-        let device = enroll(&*store, "UDID-APPROVED").await.id;
-        let before = store.events_after(0, 100).await.unwrap().len();
-        let now = time::OffsetDateTime::now_utc();
-        service
-            .approve_reenrollment(&device, None, now)
-            .await
-            .unwrap();
-
-        // The approval and its event committed together, although the outbox cannot append.
-        let log = store.events_after(0, 100).await.unwrap();
-        assert_eq!(log.len(), before + 1, "events: {log:?}");
-        let approved = log.last().unwrap();
-        assert_eq!(approved.kind, kind::IDENTITY_REENROLL_APPROVED);
-        assert_eq!(approved.enrollment_id.as_ref(), Some(&device));
-        assert_eq!(live.try_recv().unwrap().seq, approved.seq);
-        assert!(
-            store
-                .take_reenrollment_approval(&device, now)
-                .await
-                .unwrap()
-        );
-    }
-}
+#[path = "identity_tests.rs"]
+mod tests;

@@ -22,6 +22,8 @@ pub mod gateway;
 pub mod identity;
 pub mod last_seen;
 pub mod observe;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use async_trait::async_trait;
 use openssl::x509::X509;
