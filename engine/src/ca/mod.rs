@@ -23,6 +23,7 @@ const SECRET_KEY: &str = "ca.key";
 
 /// Errors creating, loading or using the CA.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CaError {
     /// OpenSSL failed.
     #[error("CA crypto failure: {0}")]
@@ -43,6 +44,7 @@ pub enum CaError {
 
 /// Parameters for generating a CA.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CaOptions {
     /// Subject common name.
     pub common_name: String,
@@ -61,6 +63,12 @@ impl Default for CaOptions {
         }
     }
 }
+
+crate::setters::with_setters!(CaOptions {
+    with_common_name => common_name: String,
+    with_key_bits => key_bits: u32,
+    with_validity_days => validity_days: u32,
+});
 
 /// A certificate authority: certificate, private key and a ready-made trust store.
 pub struct CertificateAuthority {

@@ -63,6 +63,7 @@ impl Identity {
 
 /// How a device presented its identity certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IdentitySource {
     /// The `Mdm-Signature` header over the body.
     Signature,
@@ -91,6 +92,7 @@ pub struct Request {
 
 /// What to send back for a check-in message.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CheckinResponse {
     /// 200 with an empty body.
     Empty,
@@ -111,6 +113,7 @@ pub struct ReportResponse {
 
 /// Why a device's identity was refused. Always a 400 to the device, never a 401.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum IdentityError {
     /// Neither `Mdm-Signature` nor a client certificate was presented.
     #[error("no device identity: send Mdm-Signature or use a client certificate")]
@@ -138,6 +141,7 @@ pub enum IdentityError {
 
 /// Errors from the check-in path. [`crate::http::status`] maps them to HTTP statuses.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MdmError {
     /// The message is not acceptable (400).
     #[error("bad request: {0}")]

@@ -9,6 +9,7 @@ use crate::store::StoreError;
 
 /// An admin API error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApiError {
     /// The request is malformed (400).
     #[error("{0}")]
