@@ -122,20 +122,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .public_url(&url)
         .enroll_options(enroll)
         .dep_options(DepOptions::new(&url))
-        .apns_options(ApnsOptions {
-            endpoint: ApnsEndpoint {
-                base_url: apns.url.clone(),
-                extra_ca: Some(openssl::x509::X509::from_pem(&pki.ca_pem())?),
-                connections: 2,
-                timeout: Duration::from_secs(5),
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .setup_options(SetupOptions {
-            poll: Duration::from_millis(100),
-            ..SetupOptions::default()
-        })
+        .apns_options(
+            ApnsOptions::default().with_endpoint(
+                ApnsEndpoint::default()
+                    .with_base_url(apns.url.clone())
+                    .with_extra_ca(Some(openssl::x509::X509::from_pem(&pki.ca_pem())?))
+                    .with_connections(2)
+                    .with_timeout(Duration::from_secs(5)),
+            ),
+        )
+        .setup_options(SetupOptions::default().with_poll(Duration::from_millis(100)))
         .build()
         .await
         .context("starting the engine")?;

@@ -25,6 +25,7 @@ use crate::{EngineBuilder, EngineError, Retention};
 
 /// Errors reading configuration.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
@@ -55,6 +56,7 @@ pub enum ConfigError {
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// Where the database, keys and generated secrets live.
     pub data_dir: PathBuf,
@@ -125,6 +127,7 @@ impl Default for Config {
 /// `[listener]`: limits and timeouts of `pomona serve`'s listener.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ListenerConfig {
     /// Most connections served at once; when reached, new connections wait to be accepted.
     pub max_connections: usize,
@@ -170,6 +173,7 @@ impl ListenerConfig {
 /// `[rate_limit]`: per-client token buckets on `/mdm/enroll` and `/scep`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RateLimitConfig {
     /// `GET`/`POST /mdm/enroll` requests per minute per client; 0 turns the limit off.
     pub enroll_per_minute: u32,
@@ -217,6 +221,7 @@ impl RateLimitConfig {
 /// `[setup]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct SetupConfig {
     /// Seconds after enrollment when the built-in rule releases a device whose required setup
     /// steps have not all finished (a team's `release_timeout_secs` overrides it).
@@ -234,6 +239,7 @@ impl Default for SetupConfig {
 /// `[api]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ApiConfig {
     /// The admin API key. When unset (and `POMONA_API_KEY` is unset) a key is generated into
     /// `<data_dir>/api.key` on first start.
@@ -243,6 +249,7 @@ pub struct ApiConfig {
 /// `[seal]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct SealConfig {
     /// 64 hex characters. When unset, `<data_dir>/seal.key` is used (created on first start).
     pub key: Option<String>,
@@ -251,6 +258,7 @@ pub struct SealConfig {
 /// `[tls]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct TlsConfig {
     /// PEM certificate chain of the listener. With `key_file`, the listener speaks HTTPS and asks
     /// devices for a client certificate (optional, verified against the CA by the check-in path).
@@ -262,6 +270,7 @@ pub struct TlsConfig {
 /// `[identity]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct IdentityConfig {
     /// Header in which a TLS-terminating proxy forwards the client certificate (RFC 9440
     /// `Client-Cert`, or nginx's escaped PEM under any name). Unset: such headers are ignored.
@@ -277,6 +286,7 @@ pub struct IdentityConfig {
 /// `[ca]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct CaConfig {
     /// Import this PEM CA certificate instead of generating one (with `key_file`).
     pub cert_file: Option<PathBuf>,
@@ -305,6 +315,7 @@ impl Default for CaConfig {
 /// `[scep]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ScepConfig {
     /// A static challenge any SCEP client may use. Unset: only one-time challenges, minted per
     /// enrollment-profile download, are accepted.
@@ -325,6 +336,7 @@ impl Default for ScepConfig {
 /// `[enroll]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct EnrollConfig {
     /// APNs topic for the MDM payload (the push certificate's UID). Unset: a placeholder.
     pub topic: Option<String>,
@@ -353,6 +365,7 @@ pub struct EnrollConfig {
 /// `[apns]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ApnsConfig {
     /// APNs base URL (default: Apple production).
     pub base_url: String,
@@ -387,6 +400,7 @@ impl Default for ApnsConfig {
 /// `[mdm]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct MdmConfig {
     /// `UserAuthenticate` behaviour: `decline` (410) or `accept`.
     pub user_authenticate: UserAuthenticatePolicy,
@@ -409,6 +423,7 @@ impl Default for MdmConfig {
 /// `[retention]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RetentionConfig {
     /// Days a finished command and its results are kept.
     pub command_days: u32,

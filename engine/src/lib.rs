@@ -11,6 +11,8 @@
 //!
 //! Start with [`Engine::builder`].
 
+#![warn(missing_docs)]
+
 pub mod ca;
 pub mod config;
 pub mod dep;
@@ -26,6 +28,7 @@ pub mod profiles;
 pub mod push;
 pub mod scep;
 pub mod seal;
+mod setters;
 pub mod setup;
 pub mod store;
 pub mod teams;

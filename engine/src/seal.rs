@@ -85,6 +85,7 @@ pub fn is_sealed(bytes: &[u8]) -> bool {
 
 /// Errors loading a seal key or unsealing a secret.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SealError {
     /// The key is not 64 hex characters.
     #[error("seal key must be 64 hexadecimal characters (32 bytes)")]

@@ -47,6 +47,7 @@ pub struct TeamSpec {
 
 /// Why a team operation failed. Nothing changes when one does.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TeamError {
     /// The name is not usable.
     #[error("invalid team name {0:?}: use 1-64 characters, no '/' or control characters")]

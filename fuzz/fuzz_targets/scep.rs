@@ -55,10 +55,7 @@ fn fixture() -> &'static Fixture {
                 store.clone(),
                 store.clone(),
                 Outbox::new(store, 16),
-                ScepOptions {
-                    static_challenge: Some(CHALLENGE.into()),
-                    ..Default::default()
-                },
+                ScepOptions::default().with_static_challenge(Some(CHALLENGE.into())),
             )
         };
         let key = common::key(common::LEAF_KEY);

@@ -33,10 +33,7 @@ async fn listed_assigned_placed_enrolled_set_up_released() {
         dep.api_backoff = Duration::from_millis(5);
         b.enroll_options(enroll)
             .dep_options(dep)
-            .setup_options(SetupOptions {
-                poll: Duration::from_millis(50),
-                ..SetupOptions::default()
-            })
+            .setup_options(SetupOptions::default().with_poll(Duration::from_millis(50)))
     })
     .await
     .unwrap();

@@ -25,19 +25,17 @@ struct Rig {
 async fn rig(tune: impl FnOnce(&mut ApnsOptions)) -> Rig {
     let pki = ApnsTestPki::new().unwrap();
     let fake = FakeApns::start(&pki).await.unwrap();
-    let mut options = ApnsOptions {
-        endpoint: ApnsEndpoint {
-            base_url: fake.url.clone(),
-            extra_ca: Some(X509::from_pem(&pki.ca_pem()).unwrap()),
-            connections: 2,
-            timeout: Duration::from_secs(5),
-            ..Default::default()
-        },
-        retry_delays: vec![Duration::from_millis(150), Duration::from_millis(300)],
-        breaker_threshold: 3,
-        breaker_cooldown: Duration::from_millis(400),
-        ..Default::default()
-    };
+    let mut options = ApnsOptions::default()
+        .with_endpoint(
+            ApnsEndpoint::default()
+                .with_base_url(fake.url.clone())
+                .with_extra_ca(Some(X509::from_pem(&pki.ca_pem()).unwrap()))
+                .with_connections(2)
+                .with_timeout(Duration::from_secs(5)),
+        )
+        .with_retry_delays(vec![Duration::from_millis(150), Duration::from_millis(300)])
+        .with_breaker_threshold(3)
+        .with_breaker_cooldown(Duration::from_millis(400));
     tune(&mut options);
     let server = TestServer::start_with(|b| b.apns_options(options))
         .await

@@ -14,11 +14,11 @@ use serde_json::{Value, json};
 
 async fn server(release_timeout: Duration) -> TestServer {
     TestServer::start_with(|b| {
-        b.setup_options(SetupOptions {
-            release_timeout,
-            poll: Duration::from_millis(50),
-            ..SetupOptions::default()
-        })
+        b.setup_options(
+            SetupOptions::default()
+                .with_release_timeout(release_timeout)
+                .with_poll(Duration::from_millis(50)),
+        )
     })
     .await
     .unwrap()
@@ -394,16 +394,16 @@ async fn a_slow_plugin_for_one_device_does_not_stall_the_others() {
 /// in flight that long, which is the yardstick of the two tests below.
 async fn patient_server() -> TestServer {
     TestServer::start_with(|b| {
-        b.setup_options(SetupOptions {
-            release_timeout: Duration::from_secs(1800),
-            poll: Duration::from_millis(50),
-            ..SetupOptions::default()
-        })
-        .plugin_limits(Limits {
-            instructions: 1_000_000_000_000,
-            timeout: Duration::from_secs(3),
-            ..Limits::default()
-        })
+        b.setup_options(
+            SetupOptions::default()
+                .with_release_timeout(Duration::from_secs(1800))
+                .with_poll(Duration::from_millis(50)),
+        )
+        .plugin_limits(
+            Limits::default()
+                .with_instructions(1_000_000_000_000)
+                .with_timeout(Duration::from_secs(3)),
+        )
     })
     .await
     .unwrap()

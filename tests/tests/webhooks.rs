@@ -245,13 +245,12 @@ async fn events_after(server: &TestServer, mut after: u64) -> Vec<Value> {
 /// Short backoffs and polling; `timeout_ms` bounds one delivery (generous where a receiver is
 /// expected to answer, so a loaded machine does not turn answers into timeouts).
 fn fast_options(timeout_ms: u64) -> WebhookOptions {
-    WebhookOptions {
-        timeout: Duration::from_millis(timeout_ms),
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        poll_interval: Duration::from_millis(500),
-        batch: 100,
-    }
+    WebhookOptions::default()
+        .with_timeout(Duration::from_millis(timeout_ms))
+        .with_initial_backoff(Duration::from_millis(20))
+        .with_max_backoff(Duration::from_millis(200))
+        .with_poll_interval(Duration::from_millis(500))
+        .with_batch(100)
 }
 
 fn matches_filter(kind: &str) -> bool {

@@ -50,6 +50,7 @@ pub enum CaError {
 
 /// Parameters for generating a CA.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CaOptions {
     /// Subject common name.
     pub common_name: String,
@@ -68,6 +69,12 @@ impl Default for CaOptions {
         }
     }
 }
+
+crate::setters::with_setters!(CaOptions {
+    with_common_name => common_name: String,
+    with_key_bits => key_bits: u32,
+    with_validity_days => validity_days: u32,
+});
 
 /// A certificate authority: certificate, private key and a ready-made trust store.
 pub struct CertificateAuthority {

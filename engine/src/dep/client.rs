@@ -16,6 +16,7 @@ use crate::wire::dep::{
 
 /// Errors from the DEP API.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum DepError {
     /// The request never got an answer (after retries).
     #[error("DEP transport error: {0}")]

@@ -75,6 +75,7 @@ pub enum DepServiceError {
 
 /// DEP settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DepOptions {
     /// The engine's public URL (profiles point devices at `<url>/mdm/enroll`).
     pub public_url: String,
@@ -100,6 +101,14 @@ impl DepOptions {
         }
     }
 }
+
+crate::setters::with_setters!(DepOptions {
+    with_public_url => public_url: String,
+    with_throttle_cooldown => throttle_cooldown: std::time::Duration,
+    with_failed_retry => failed_retry: std::time::Duration,
+    with_api_retries => api_retries: u32,
+    with_api_backoff => api_backoff: std::time::Duration,
+});
 
 /// Changes to a server (`PATCH /v1/dep/servers/{name}`).
 #[derive(Debug, Clone, Default, serde::Deserialize)]

@@ -25,6 +25,7 @@ pub const PLACEHOLDER_TOPIC: &str = "com.apple.mgmt.External.pomona-no-push-cert
 
 /// Errors serving an enrollment.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EnrollError {
     /// The download is gated by an enrollment token and the right one was not given (403).
     #[error("enrollment token missing or wrong")]
@@ -61,6 +62,7 @@ impl std::fmt::Debug for SigningIdentity {
 
 /// Enrollment settings.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct EnrollOptions {
     /// Base URL devices use.
     pub public_url: String,
@@ -105,8 +107,23 @@ impl EnrollOptions {
     }
 }
 
+crate::setters::with_setters!(EnrollOptions {
+    with_public_url => public_url: String,
+    with_topic => topic: Option<String>,
+    with_display_name => display_name: String,
+    with_organization => organization: Option<String>,
+    with_identifier => identifier: String,
+    with_token => token: Option<String>,
+    with_min_os_version => min_os_version: Option<String>,
+    with_min_build_version => min_build_version: Option<String>,
+    with_trust_anchors_der => trust_anchors_der: Vec<Vec<u8>>,
+    with_signing => signing: Option<SigningIdentity>,
+    with_device_trust => device_trust: DeviceTrust,
+});
+
 /// What to answer an automated enrollment.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AutomatedAnswer {
     /// The enrollment profile.
     Profile(Vec<u8>),

@@ -52,6 +52,7 @@ use super::device::PeerCertificate;
 
 /// Errors setting up TLS.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// The certificate or key could not be loaded.
     #[error("TLS setup failed: {0}")]

@@ -22,6 +22,7 @@ use crate::wire::report::{CommandReport, Status};
 /// What to do with `UserAuthenticate` (macOS network and mobile accounts).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum UserAuthenticatePolicy {
     /// Answer 410: no user channel for network users (the default).
     #[default]
@@ -39,6 +40,7 @@ pub trait TokenService: Send + Sync {
 
 /// Options of the core service.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct CoreOptions {
     /// `UserAuthenticate` behaviour.
     pub user_authenticate: UserAuthenticatePolicy,
@@ -57,6 +59,11 @@ impl std::fmt::Debug for CoreOptions {
             .finish()
     }
 }
+
+crate::setters::with_setters!(CoreOptions {
+    with_user_authenticate => user_authenticate: UserAuthenticatePolicy,
+    with_token_services => token_services: HashMap<String, Arc<dyn TokenService>>,
+});
 
 /// The innermost service: stores check-ins and runs the command queue.
 ///

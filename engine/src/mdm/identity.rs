@@ -133,6 +133,7 @@ impl<S: MdmService> MdmService for VerifyIdentity<S> {
 /// When a device presents a certificate other than the pinned one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RenewalPolicy {
     /// Accept only a certificate issued as a SCEP renewal of the pinned one (the default).
     #[default]
@@ -397,6 +398,7 @@ impl<S: MdmService> MdmService for PinIdentity<S> {
 
 /// Errors approving a re-enrollment.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApprovalError {
     /// No such enrollment (404).
     #[error("unknown enrollment {0}")]
@@ -420,9 +422,9 @@ pub const APPROVAL_TTL_SECS: u64 = 24 * 3600;
 /// Longest lifetime of an admin's re-enrollment approval: 7 days.
 pub const APPROVAL_MAX_TTL_SECS: u64 = 7 * 24 * 3600;
 
-/// Admin decisions about device identities.
 /// What a presented certificate is pinned to (see [`IdentityService::pinned_to`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PinnedTo {
     /// No enrollment has used it.
     Nothing,
@@ -432,6 +434,7 @@ pub enum PinnedTo {
     Enrollment(EnrollmentId),
 }
 
+/// Admin decisions about device identities.
 pub struct IdentityService {
     enrollments: Arc<dyn EnrollmentStore>,
     store: Arc<dyn IdentityStore>,

@@ -70,6 +70,7 @@ impl Identity {
 
 /// How a device presented its identity certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IdentitySource {
     /// The `Mdm-Signature` header over the body.
     Signature,
@@ -98,6 +99,7 @@ pub struct Request {
 
 /// What to send back for a check-in message.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CheckinResponse {
     /// 200 with an empty body.
     Empty,
@@ -118,6 +120,7 @@ pub struct ReportResponse {
 
 /// Why a device's identity was refused. Always a 400 to the device, never a 401.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum IdentityError {
     /// Neither `Mdm-Signature` nor a client certificate was presented.
     #[error("no device identity: send Mdm-Signature or use a client certificate")]
@@ -150,6 +153,7 @@ pub enum IdentityError {
 /// only for [`MdmError::Unenroll`], 503 when storage is unavailable and 500 otherwise; an
 /// embedder serving devices itself should do the same.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MdmError {
     /// The message is not acceptable (400).
     #[error("bad request: {0}")]

@@ -15,6 +15,7 @@ use crate::events::{Outbox, event, kind};
 /// The runtime a plugin runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Runtime {
     /// A `.lua` file.
     Lua,

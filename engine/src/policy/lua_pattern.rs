@@ -28,7 +28,7 @@ const SPECIALS: &[u8] = b"^$*+?.([%-";
 
 /// What the matcher charges its steps to.
 pub trait StepBudget: Send + Sync + 'static {
-    /// Called every [`STEPS_PER_TICK`] steps: `Err` stops the match with that limit.
+    /// Called every `STEPS_PER_TICK` (1,000) steps: `Err` stops the match with that limit.
     fn tick(&self) -> Result<(), LimitKind>;
     /// Record that a limit was hit outside [`StepBudget::tick`] (the output size bound).
     fn exceeded(&self, kind: LimitKind);
@@ -36,6 +36,7 @@ pub trait StepBudget: Send + Sync + 'static {
 
 /// Why a pattern function failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PatternError {
     /// A Lua error, with Lua's message (malformed pattern, bad capture index, ...).
     Lua(String),
@@ -49,7 +50,7 @@ fn lua_err<T>(msg: impl Into<String>) -> R<T> {
     Err(PatternError::Lua(msg.into()))
 }
 
-/// Counts matching steps and checks the budget every [`STEPS_PER_TICK`] of them.
+/// Counts matching steps and checks the budget every `STEPS_PER_TICK` (1,000) of them.
 pub struct Meter<'a> {
     budget: &'a dyn StepBudget,
     left: u32,

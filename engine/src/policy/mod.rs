@@ -28,6 +28,7 @@ pub use types::*;
 
 /// How a plugin call failed. Every variant means "no opinion" for the call; none stops the engine.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PluginError {
     /// The plugin could not be loaded (syntax error, invalid component, missing exports).
     #[error("plugin did not load: {0}")]
@@ -53,6 +54,7 @@ impl PluginError {
 /// Which limit a plugin hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum LimitKind {
     /// Instruction count (Lua) or fuel (WASM).
     Instructions,
@@ -78,6 +80,7 @@ impl std::fmt::Display for LimitKind {
 /// Bounds on one plugin call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct Limits {
     /// Lua VM instructions, or WASM fuel units, per call.
     pub instructions: u64,
@@ -97,6 +100,12 @@ impl Default for Limits {
         }
     }
 }
+
+crate::setters::with_setters!(Limits {
+    with_instructions => instructions: u64,
+    with_memory_bytes => memory_bytes: usize,
+    with_timeout => timeout: std::time::Duration,
+});
 
 mod millis {
     use std::time::Duration;

@@ -10,6 +10,7 @@ pub const LINE_BYTES: usize = 2048;
 
 /// How loud a plugin's log line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LogLevel {
     /// Detail for plugin authors.
     Debug,

@@ -14,6 +14,7 @@ use crate::store::{Emit, NewEvent, PluginStore, StoreError, StoredPlugin};
 /// A plugin declared in configuration (`[[plugins]]`).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct DeclaredPlugin {
     /// Unique name.
     pub name: String,
@@ -30,8 +31,29 @@ pub struct DeclaredPlugin {
     pub limits: Option<Limits>,
 }
 
+impl DeclaredPlugin {
+    /// The plugin `name` in the file at `path`, asked for every hook it implements, with no
+    /// configuration values and the engine's limits.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            path: path.into(),
+            hooks: None,
+            config: PluginConfig::new(),
+            limits: None,
+        }
+    }
+}
+
+crate::setters::with_setters!(DeclaredPlugin {
+    with_hooks => hooks: Option<Vec<Hook>>,
+    with_config => config: PluginConfig,
+    with_limits => limits: Option<Limits>,
+});
+
 /// Why a registry operation failed. Nothing changes when one does.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryError {
     /// The name is not usable in a URL path.
     #[error("invalid plugin name {0:?}: use 1-64 letters, digits, '-', '_' or '.'")]

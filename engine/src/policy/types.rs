@@ -1,7 +1,7 @@
 //! The records a policy hook receives and the decisions it returns (`pomona:policy@0.1.0`).
 //!
 //! Every type has one JSON form, the *Lua shape*: the same tables a Lua plugin receives and
-//! returns, and what `pomona plugin test` prints. [`decision_from_json`]-style parsers are the one
+//! returns, and what `pomona plugin test` prints. [`Decision::from_json`] and its siblings are the one
 //! place where a plugin's answer is validated, whichever runtime produced it.
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 /// One of the four policy hooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Hook {
     /// Which enrollment profile an Apple Business Manager device gets.
     AutoAssign,
@@ -73,6 +74,7 @@ impl std::fmt::Display for Hook {
 /// What Apple Business Manager said happened to a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum OpType {
     /// Newly added to (or moved to) this MDM server.
     Added,
@@ -127,6 +129,7 @@ pub struct DepEvent {
 
 /// Output of `auto-assign`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AssignDecision {
     /// Assign this named enrollment profile.
     Assign(String),
@@ -139,6 +142,7 @@ pub enum AssignDecision {
 /// Where a device is in its life with the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Stage {
     /// Known from Apple Business Manager only.
     Synced,
@@ -196,6 +200,7 @@ pub struct Device {
 
 /// Output of `place`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PlaceDecision {
     /// Put the device in this team.
     Team(String),
@@ -245,6 +250,7 @@ fn empty_object() -> Value {
 
 /// What one setup step does.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum StepAction {
     /// Install a named profile from the profile library.
     InstallProfile(String),
@@ -270,6 +276,7 @@ pub struct Step {
 /// How a setup step is going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum StepStatus {
     /// Not yet sent, or NotNow.
     Pending,
@@ -315,6 +322,7 @@ pub struct Progress {
 
 /// Output of `release`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReleaseDecision {
     /// Send `DeviceConfigured` now.
     Release,
@@ -326,6 +334,7 @@ pub enum ReleaseDecision {
 
 /// A hook's input, for runtimes that dispatch by [`Hook`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum HookInput {
     /// `auto-assign`.
     AutoAssign(DepEvent),
@@ -371,6 +380,7 @@ impl HookInput {
 
 /// A hook's definite answer.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Decision {
     /// From `auto-assign`.
     Assign(AssignDecision),

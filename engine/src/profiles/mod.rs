@@ -31,6 +31,7 @@ pub const MAX_PROFILE_BYTES: usize = 8 << 20;
 
 /// Why a library operation failed. Nothing changes when one does.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProfileLibraryError {
     /// The name is not usable in a URL path.
     #[error(

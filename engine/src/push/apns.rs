@@ -26,6 +26,7 @@ const SECRET_CERTS: &str = "push.certificates";
 
 /// Errors managing push certificates.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PushError {
     /// The certificate is unusable.
     #[error(transparent)]
@@ -43,6 +44,7 @@ pub enum PushError {
 
 /// Push settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ApnsOptions {
     /// Where APNs is and how to connect.
     pub endpoint: ApnsEndpoint,
@@ -70,6 +72,15 @@ impl Default for ApnsOptions {
         }
     }
 }
+
+crate::setters::with_setters!(ApnsOptions {
+    with_endpoint => endpoint: ApnsEndpoint,
+    with_retry_delays => retry_delays: Vec<std::time::Duration>,
+    with_breaker_threshold => breaker_threshold: u32,
+    with_breaker_cooldown => breaker_cooldown: std::time::Duration,
+    with_rearm_after => rearm_after: std::time::Duration,
+    with_rearm_rate_per_sec => rearm_rate_per_sec: u32,
+});
 
 /// A configured push certificate as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

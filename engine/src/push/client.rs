@@ -71,6 +71,7 @@ pub enum ApnsError {
 
 /// Where and how to reach APNs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ApnsEndpoint {
     /// Base URL, e.g. `https://api.push.apple.com` (a port may follow the host).
     pub base_url: String,
@@ -99,6 +100,15 @@ impl Default for ApnsEndpoint {
         }
     }
 }
+
+crate::setters::with_setters!(ApnsEndpoint {
+    with_base_url => base_url: String,
+    with_extra_ca => extra_ca: Option<X509>,
+    with_connections => connections: usize,
+    with_timeout => timeout: std::time::Duration,
+    with_connect_timeout => connect_timeout: std::time::Duration,
+    with_handshake_timeout => handshake_timeout: std::time::Duration,
+});
 
 struct Target {
     host: String,

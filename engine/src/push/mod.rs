@@ -15,6 +15,7 @@ use crate::wire::enrollment_id::EnrollmentId;
 /// The outcome of pushing to one enrollment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum PushOutcome {
     /// APNs accepted the notification; its `apns-id`.
     Sent(String),

@@ -34,6 +34,7 @@ const PRUNE_BATCH: usize = 10_000;
 
 /// Why a PKIOperation could not be answered with a CertRep at all.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScepServiceError {
     /// The message itself is unreadable (answered with HTTP 400).
     #[error(transparent)]
@@ -45,6 +46,7 @@ pub enum ScepServiceError {
 
 /// SCEP settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ScepOptions {
     /// A static challenge every client may use (none: only one-time challenges).
     pub static_challenge: Option<String>,
@@ -63,6 +65,12 @@ impl Default for ScepOptions {
         }
     }
 }
+
+crate::setters::with_setters!(ScepOptions {
+    with_static_challenge => static_challenge: Option<String>,
+    with_validity_days => validity_days: u32,
+    with_challenge_ttl_secs => challenge_ttl_secs: u32,
+});
 
 /// The SCEP service.
 pub struct ScepService {
@@ -141,7 +149,7 @@ impl ScepService {
     }
 
     /// Forget expired one-time challenges and expired transaction records (at most
-    /// [`PRUNE_BATCH`] of those per call). Returns how many.
+    /// `PRUNE_BATCH` (10,000) of those per call). Returns how many.
     pub async fn prune_challenges(&self) -> Result<u64, StoreError> {
         let now = time::OffsetDateTime::now_utc();
         let challenges = self.challenges.prune_challenges(now).await?;

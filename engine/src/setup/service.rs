@@ -42,6 +42,7 @@ const BATCH: usize = 200;
 
 /// Settings of the setup flow.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SetupOptions {
     /// Release a device whose required steps are not all finished after this long (a team's
     /// `release_timeout_secs` overrides it).
@@ -62,8 +63,15 @@ impl Default for SetupOptions {
     }
 }
 
+crate::setters::with_setters!(SetupOptions {
+    with_release_timeout => release_timeout: std::time::Duration,
+    with_poll => poll: std::time::Duration,
+    with_retry_after => retry_after: std::time::Duration,
+});
+
 /// Why an admin action on the setup flow failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SetupError {
     /// No device with this serial number.
     #[error("no device with serial number {0:?}")]

@@ -40,6 +40,7 @@ impl ProfileSource for crate::profiles::ProfileLibrary {
 
 /// Why a step has no command.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StepProblem {
     /// The step cannot apply here (for example its profile is not in the library): skipped.
     Skip(String),

@@ -23,6 +23,7 @@ pub enum SyncPhase {
 /// Health of a server token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TokenState {
     /// No token uploaded yet.
     #[default]
@@ -124,6 +125,7 @@ impl DepServer {
 /// Result of assigning a profile to a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
 pub enum AssignResult {
     /// Apple accepted it.
     Success,

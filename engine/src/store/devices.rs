@@ -37,6 +37,7 @@ pub struct Team {
 /// Where a device is in its life with the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum DeviceStage {
     /// Known from Apple Business Manager only.
     Synced,
@@ -133,6 +134,7 @@ impl DeviceRecord {
 /// How a setup step is going (the `release` hook's `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum StepState {
     /// Not yet sent, or the device answered NotNow.
     Pending,
@@ -181,6 +183,7 @@ pub struct SetupStep {
 /// Where a setup is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
+#[non_exhaustive]
 pub enum SetupState {
     /// Steps are running; the release rule is asked after each result and on a timer.
     Running,

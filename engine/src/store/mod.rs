@@ -431,6 +431,7 @@ pub trait SecretStore: Send + Sync {
 
 /// Outcome of consuming a one-time SCEP challenge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ChallengeStatus {
     /// It existed, was unused and unexpired; it is now used.
     Accepted,

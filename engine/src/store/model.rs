@@ -29,6 +29,7 @@ impl CertHash {
 /// Where a certificate's UDID and serial binding comes from (see `docs/security.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BindingSource {
     /// Issued by SCEP from a one-time challenge minted for verified, Apple-signed MachineInfo
     /// (or renewed from such a certificate).
@@ -198,6 +199,7 @@ pub struct QueuedCommand {
 /// The state of one command for one target enrollment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TargetState {
     /// Queued, not yet answered.
     Pending,
@@ -284,6 +286,7 @@ pub struct ReportRecord {
 
 /// What recording a report did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReportOutcome {
     /// The command was queued for the enrollment; its state changed.
     Recorded {

@@ -64,6 +64,7 @@ pub struct WebhookDelivery {
 
 /// Where delivery starts when a subscription is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WebhookStart {
     /// Keep the cursor of the subscription being replaced; a new one starts at the head.
     Keep,

@@ -41,6 +41,7 @@ use crate::store::{
 
 /// Delivery timing. The defaults suit production; tests shorten them.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WebhookOptions {
     /// How long one delivery may take (connect, send, answer) before it counts as failed.
     pub timeout: Duration,
@@ -66,6 +67,14 @@ impl Default for WebhookOptions {
         }
     }
 }
+
+crate::setters::with_setters!(WebhookOptions {
+    with_timeout => timeout: std::time::Duration,
+    with_initial_backoff => initial_backoff: std::time::Duration,
+    with_max_backoff => max_backoff: std::time::Duration,
+    with_poll_interval => poll_interval: std::time::Duration,
+    with_batch => batch: usize,
+});
 
 /// What an admin sets when creating or replacing a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,7 @@ use openssl::sign::Signer;
 
 /// Why a signature header was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SignatureError {
     /// The header is not `t=<digits>,v1=<hex>`.
     #[error("malformed Pomona-Signature header: expected t=<unix seconds>,v1=<hex>")]

@@ -13,6 +13,7 @@ pub const SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
 
 /// Errors reading a push certificate.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PushCertError {
     /// No certificate in the input.
     #[error("no PEM certificate found")]
@@ -139,6 +140,7 @@ impl PushCertificate {
 /// Expiry state of a certificate or token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ExpiryState {
     /// More than 30 days left.
     Valid,
@@ -168,6 +170,7 @@ pub fn push_body(push_magic: &str) -> Vec<u8> {
 
 /// An APNs failure reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Reason {
     /// The token is malformed or for another environment.
     BadDeviceToken,
@@ -223,6 +226,7 @@ impl Reason {
 
 /// What an APNs reply means for Pomona.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Disposition {
     /// Accepted; the `apns-id`.
     Delivered(String),

@@ -37,6 +37,7 @@ pub const DEPTH_CEILING: usize = 256;
 /// messages nest three levels) and refuse the decompression bombs a binary plist allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PlistLimits {
     /// Deepest nesting of arrays and dictionaries (the root collection is level 1).
     pub max_depth: usize,
@@ -59,6 +60,13 @@ impl Default for PlistLimits {
         }
     }
 }
+
+crate::setters::with_setters!(PlistLimits {
+    with_max_depth => max_depth: usize,
+    with_max_values => max_values: usize,
+    with_max_bytes => max_bytes: usize,
+    with_max_input_bytes => max_input_bytes: usize,
+});
 
 impl PlistLimits {
     /// Whether these limits can be used: each at least 1, `max_depth` at most
@@ -112,6 +120,7 @@ impl fmt::Display for PlistFormat {
 
 /// Why a property list was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlistError {
     /// The input is larger than [`PlistLimits::max_input_bytes`].
     #[error("plist is {size} bytes, more than {max}")]

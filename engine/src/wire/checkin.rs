@@ -8,6 +8,7 @@ use super::enrollment_id::{Channel, ChannelError, Identifiers};
 
 /// Why a check-in or report body could not be understood.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MessageError {
     /// The body is not a property list.
     #[error("body is not a valid property list: {0}")]
@@ -194,6 +195,7 @@ pub struct GetToken {
 
 /// The body of a check-in message, by `MessageType`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum CheckinBody {
     /// `Authenticate`.
     Authenticate(Authenticate),

@@ -12,6 +12,7 @@ use openssl::x509::X509;
 
 /// Errors decoding a forwarded client certificate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClientCertError {
     /// The header is empty or a placeholder such as `(null)` or `-`.
     #[error("client certificate header is empty")]

@@ -26,6 +26,7 @@ use super::der::{self, Tlv};
 
 /// Errors verifying or producing a detached CMS signature.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CmsError {
     /// The header value is not base64.
     #[error("signature is not valid base64")]
@@ -49,6 +50,7 @@ pub enum CmsError {
 
 /// How [`sign_detached`] encodes a signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SignatureStyle {
     /// DER, SHA-256, with signed attributes (OpenSSL/simulator style).
     DerWithAttributes,

@@ -8,6 +8,7 @@ use super::checkin::to_xml;
 
 /// Why a command plist is not acceptable.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CommandError {
     /// The body is not a property list.
     #[error("command is not a valid property list: {0}")]

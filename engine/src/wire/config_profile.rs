@@ -34,6 +34,7 @@ use super::command::Command;
 
 /// Where in a profile a problem is.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Location {
     /// The profile's top-level dictionary.
     Profile,
@@ -64,6 +65,7 @@ impl fmt::Display for Location {
 
 /// Why an uploaded profile is not acceptable. Messages name the payload and the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidProfile {
     /// No bytes at all.
     #[error("the profile is empty")]

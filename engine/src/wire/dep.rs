@@ -18,6 +18,7 @@ pub const APPLE_BASE_URL: &str = "https://mdmenrollment.apple.com";
 
 /// Errors reading DEP material.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DepWireError {
     /// The `.p7m` could not be read or decrypted.
     #[error("server token: {0}")]

@@ -14,6 +14,7 @@ pub struct Tlv<'a> {
 
 /// Errors reading DER/BER.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DerError {
     /// The input ends inside an element.
     #[error("ASN.1 input is truncated")]

@@ -91,6 +91,7 @@ impl Channel {
 
 /// Why a message's identifiers do not name a channel.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ChannelError {
     /// Neither `UDID` nor `EnrollmentID` is present.
     #[error("message carries neither UDID nor EnrollmentID")]

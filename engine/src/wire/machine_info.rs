@@ -28,6 +28,7 @@ use super::checkin::to_xml;
 
 /// Errors reading signed MachineInfo.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MachineInfoError {
     /// The header value is not base64.
     #[error("x-apple-aspen-deviceinfo is not valid base64")]

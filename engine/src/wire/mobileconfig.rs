@@ -16,6 +16,7 @@ pub const CONTENT_TYPE: &str = "application/x-apple-aspen-config";
 
 /// Errors producing a profile.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProfileError {
     /// Signing failed.
     #[error("signing the profile failed: {0}")]

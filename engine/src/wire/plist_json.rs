@@ -10,6 +10,7 @@ use serde_json::{Map, Number, Value as Json};
 
 /// Why a JSON value cannot become a plist value.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlistJsonError {
     /// JSON `null` has no plist equivalent.
     #[error("null is not allowed in a property list (at {0})")]

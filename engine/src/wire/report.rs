@@ -10,6 +10,7 @@ use super::enrollment_id::{Channel, Identifiers};
 
 /// The `Status` of a command report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Status {
     /// "Anything for me?" — carries no command result.
     Idle,

@@ -41,6 +41,7 @@ pub const CA_CAPS: &str = "POSTPKIOperation\nSHA-256\nSHA-1\nAES\nDES3\nSCEPStan
 
 /// Errors reading or producing SCEP messages.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScepError {
     /// The message is not a well-formed SCEP PKIMessage.
     #[error("malformed SCEP message: {0}")]
@@ -91,6 +92,7 @@ pub fn load_legacy_provider() {
 
 /// SCEP `messageType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MessageType {
     /// 3: the server's reply.
     CertRep,
@@ -167,6 +169,7 @@ impl FailInfo {
 
 /// Content-encryption algorithms of SCEP envelopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ContentCipher {
     /// Single DES-CBC (still sent by some clients; needs OpenSSL's legacy provider).
     DesCbc,
@@ -210,6 +213,7 @@ impl ContentCipher {
 
 /// Digest algorithms of SCEP signatures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Digest {
     /// SHA-1.
     Sha1,

@@ -42,25 +42,22 @@ fn main() -> anyhow::Result<()> {
         let store = Arc::new(RedbStore::open(dir.path().join("load.redb"), &seal)?);
         let pki = ApnsTestPki::new()?;
         let fake = FakeApns::start(&pki).await?;
-        let apns = ApnsOptions {
-            endpoint: ApnsEndpoint {
-                base_url: fake.url.clone(),
-                extra_ca: Some(openssl::x509::X509::from_pem(&pki.ca_pem())?),
-                connections: args.opts.connections,
-                timeout: std::time::Duration::from_secs(30),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let apns = ApnsOptions::default().with_endpoint(
+            ApnsEndpoint::default()
+                .with_base_url(fake.url.clone())
+                .with_extra_ca(Some(openssl::x509::X509::from_pem(&pki.ca_pem())?))
+                .with_connections(args.opts.connections)
+                .with_timeout(std::time::Duration::from_secs(30)),
+        );
         let server = TestServer::start_with(|b| {
             b.store(store)
                 .seal_key(seal.clone())
                 .max_queue_len(usize::MAX)
                 .apns_options(apns)
-                .scep_options(pomona::scep::ScepOptions {
-                    static_challenge: Some(loadgen::SCEP_CHALLENGE.into()),
-                    ..Default::default()
-                })
+                .scep_options(
+                    pomona::scep::ScepOptions::default()
+                        .with_static_challenge(Some(loadgen::SCEP_CHALLENGE.into())),
+                )
         })
         .await?;
         if args.opts.scenario == loadgen::Scenario::Push {

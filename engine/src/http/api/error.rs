@@ -18,6 +18,7 @@ use crate::webhooks::WebhookError;
 
 /// An admin API error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApiError {
     /// The request is malformed (400).
     #[error("{0}")]
