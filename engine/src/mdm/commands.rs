@@ -283,7 +283,10 @@ mod tests {
             .await
             .unwrap();
         let cmd = Command::build("CANCEL-ME", "ProfileList", plist::Dictionary::new());
-        commander.enqueue(&cmd, &[id.clone()], false).await.unwrap();
+        commander
+            .enqueue(&cmd, std::slice::from_ref(&id), false)
+            .await
+            .unwrap();
         while live.try_recv().is_ok() {}
         let before = store.events_after(0, 100).await.unwrap().len();
 
