@@ -2,6 +2,7 @@
 
 mod args;
 mod client;
+mod config_file;
 mod demo;
 mod dep;
 mod device;

@@ -13,7 +13,7 @@ use pomona::{Engine, EngineBuilder};
 /// Load the configuration: file, then `POMONA_*` variables, then flags.
 pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
+        Some(path) => crate::config_file::read(path)?,
         None => Config::default(),
     };
     config.apply_env(std::env::vars())?;

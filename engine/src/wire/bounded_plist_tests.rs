@@ -227,11 +227,12 @@ fn limits_are_checked_for_usable_values() {
         "max_depth must be between 1 and 256"
     );
     assert_eq!(bad(|l| l.max_values = 0), "max_values must be at least 1");
-    let parsed: PlistLimits = toml::from_str("max_depth = 16\nmax_values = 100").unwrap();
+    let parsed: PlistLimits =
+        serde_json::from_str(r#"{"max_depth": 16, "max_values": 100}"#).unwrap();
     assert_eq!(parsed.max_depth, 16);
     assert_eq!(parsed.max_values, 100);
     assert_eq!(parsed.max_bytes, limits().max_bytes);
-    assert!(toml::from_str::<PlistLimits>("depth = 16").is_err());
+    assert!(serde_json::from_str::<PlistLimits>(r#"{"depth": 16}"#).is_err());
 }
 
 #[test]
