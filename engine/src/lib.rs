@@ -9,7 +9,10 @@
 //! - Services: [`mdm`] (check-in and command queue), [`ca`], [`events`], [`push`].
 //! - Adapters: [`http`] (device endpoints, admin API) and the `pomona` binary.
 //!
-//! Start with [`Engine::builder`].
+//! Start with [`Engine::builder`]; serve it with [`Routes`] (device, admin and ops routers, each
+//! mountable under any prefix) or hand raw device requests to [`Engine::device_gateway`]. What
+//! embedders need most is re-exported here: [`RedbStore`], [`SealKey`], [`HttpOptions`],
+//! [`AdminAuth`].
 
 #![warn(missing_docs)]
 
@@ -36,3 +39,8 @@ pub mod webhooks;
 pub mod wire;
 
 pub use engine::{Engine, EngineBuilder, EngineError, Retention};
+pub use http::{AdminAuth, HttpOptions, Routes};
+pub use mdm::DeviceGateway;
+pub use seal::SealKey;
+pub use store::redb::RedbStore;
+pub use store::{Store, StoreError};

@@ -2,7 +2,7 @@
 //! client address behind a trusted proxy (`X-Forwarded-For`).
 //!
 //! [`super::server::serve`] inserts a [`ClientAddr`] extension into every request; embedders
-//! serving [`crate::Engine::router`] themselves can insert it too, or serve with axum's
+//! serving [`crate::http::Routes`] themselves can insert it too, or serve with axum's
 //! `into_make_service_with_connect_info::<SocketAddr>()`. Without either the peer is unknown:
 //! proxy headers are refused and requests are not rate limited.
 

@@ -13,8 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use pomona::Engine;
-use pomona::http::{AdminAuth, HttpOptions, Routes};
+use pomona::{AdminAuth, Engine, HttpOptions, Routes};
 
 /// Where the engine is mounted in the app.
 pub const PREFIX: &str = "/mdm-engine";

@@ -8,9 +8,7 @@
 //!      http://127.0.0.1:9100/mdm-engine/v1/enrollments
 //! ```
 
-use pomona::Engine;
-use pomona::seal::SealKey;
-use pomona::store::redb::RedbStore;
+use pomona::{Engine, RedbStore, SealKey};
 use pomona_example_embed_axum::{PREFIX, app};
 use std::sync::Arc;
 

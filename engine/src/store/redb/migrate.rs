@@ -7,7 +7,7 @@ use super::{challenges, sealed, tables};
 use crate::seal::SealKey;
 use crate::store::{StoreError, StoreResult};
 
-/// The schema version this build writes. Bump it with a migration in [`migrate`].
+/// The schema version this build writes. Bump it with a migration in `migrate`.
 ///
 /// Version 2 seals command payloads, command results and library profile bytes, binds sealed
 /// tokens and DEP keys to their record ([`crate::seal::context`]), and indexes SCEP challenges
